@@ -1,0 +1,73 @@
+"""The coordinator's errors, rooted at one class.
+
+    SagaError
+    ├── DefinitionError          a definition is invalid (every error located)
+    │   └── DefinitionConflict   (name, version) already registered with other content
+    ├── EngineError
+    │   └── InvalidTransition    our bug: the engine was called with inputs it cannot take
+    └── AdapterError
+        ├── StoreUnavailable     MongoDB did not answer; the operation may be retried
+        └── BrokerUnavailable    RabbitMQ did not answer; the operation may be retried
+
+Driver exceptions (pymongo, aio-pika) never travel above ``coordinator/adapters``: the
+adapters re-raise them as ``AdapterError`` subclasses, chained with ``from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AdapterError",
+    "BrokerUnavailable",
+    "DefinitionConflict",
+    "DefinitionError",
+    "EngineError",
+    "InvalidTransition",
+    "SagaError",
+    "StoreUnavailable",
+]
+
+
+class SagaError(Exception):
+    """Root of every error the coordinator raises on purpose."""
+
+
+class DefinitionError(SagaError):
+    """A definition failed validation; ``errors`` holds one located message per problem.
+
+    The loader in ``coordinator.definitions`` fills ``errors`` with objects whose ``str()``
+    is ``file:line: field: message``.
+    """
+
+    def __init__(self, errors: list[object]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(error) for error in errors))
+
+
+class DefinitionConflict(SagaError):
+    def __init__(self, name: str, version: int) -> None:
+        self.name = name
+        self.version = version
+        super().__init__(
+            f"definition {name!r} version {version} is already registered with other "
+            f"content; (name, version) is immutable: register it as version {version + 1}"
+        )
+
+
+class EngineError(SagaError):
+    pass
+
+
+class InvalidTransition(EngineError):
+    pass
+
+
+class AdapterError(SagaError):
+    pass
+
+
+class StoreUnavailable(AdapterError):
+    pass
+
+
+class BrokerUnavailable(AdapterError):
+    pass

@@ -1,0 +1,92 @@
+"""The ports between the service and its adapters, as Protocols.
+
+``coordinator/adapters/mongo.py`` implements ``SagaStore``; ``coordinator/adapters/rabbit.py``
+implements ``Publisher``. The service and the REST API depend on these Protocols only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from coordinator.engine.state import Command, SagaState
+from schemas.definition import SagaDefinition
+
+__all__ = ["DuplicateSaga", "Publisher", "SagaStore", "StoredDefinition"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefinition:
+    definition: SagaDefinition
+    source: str
+    """The text it was registered from (YAML or JSON)."""
+    content_hash: str
+    registered_at: datetime
+
+
+class DuplicateSaga(Exception):  # noqa: N818 - a signal, not a failure
+    """An instance already exists for this (definition name, business key)."""
+
+    def __init__(self, existing: SagaState) -> None:
+        self.existing = existing
+        super().__init__(existing.id)
+
+
+class SagaStore(Protocol):
+    async def ensure_indexes(self) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    # -- definitions -------------------------------------------------------------------
+    async def register_definition(
+        self, definition: SagaDefinition, source: str
+    ) -> Literal["created", "identical"]:
+        """Store a definition; raises ``DefinitionConflict`` for another content."""
+        ...
+
+    async def get_definition(
+        self, name: str, version: int | None = None
+    ) -> StoredDefinition | None:
+        """One version, or the latest when ``version`` is None."""
+        ...
+
+    async def latest_definitions(self) -> list[StoredDefinition]: ...
+
+    async def definition_versions(self, name: str) -> list[StoredDefinition]: ...
+
+    # -- instances ---------------------------------------------------------------------
+    async def insert_saga(self, state: SagaState) -> None:
+        """Insert a new instance; raises ``DuplicateSaga`` when its key is taken."""
+        ...
+
+    async def load_saga(self, saga_id: str) -> SagaState | None: ...
+
+    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
+        """Replace the instance if its stored revision is still ``expected_revision``.
+
+        Returns False (and writes nothing) when another writer got there first.
+        """
+        ...
+
+    async def claim_due(
+        self, now: datetime, lease: timedelta, limit: int
+    ) -> list[SagaState]:
+        """Instances whose ``wake_at`` has come; each claimed by pushing its ``wake_at``
+        to ``now + lease`` so that other replicas skip it meanwhile."""
+        ...
+
+    async def unpublished(self, older_than: datetime, limit: int) -> list[SagaState]:
+        """Instances with outbox entries last changed before ``older_than``."""
+        ...
+
+    async def clear_outbox(self, published: Sequence[tuple[str, str]]) -> None:
+        """Remove published ``(saga_id, message_id)`` entries, in one round trip."""
+        ...
+
+
+class Publisher(Protocol):
+    async def publish_commands(self, commands: Sequence[Command]) -> None:
+        """Publish with confirms; returns once the broker has confirmed every one."""
+        ...
