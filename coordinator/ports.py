@@ -26,7 +26,7 @@ class StoredDefinition:
     registered_at: datetime
 
 
-class DuplicateSaga(Exception):  # noqa: N818 - a signal, not a failure
+class DuplicateSaga(Exception):
     """An instance already exists for this (definition name, business key)."""
 
     def __init__(self, existing: SagaState) -> None:
