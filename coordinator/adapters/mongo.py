@@ -1,0 +1,361 @@
+"""The MongoDB saga store, over PyMongo's async API.
+
+Theory of operation
+-------------------
+Two collections. ``definitions`` holds one immutable document per (name, version), with
+``_id = "{name}@{version}"`` and the sha256 of the definition's canonical JSON, so that a
+second registration is either identical or a conflict. Because definitions never change,
+every one read is cached in memory by (name, version).
+
+``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
+counter: ``save_saga`` is a single ``replace_one`` filtered on the expected revision. Two
+writes do not raise the revision because they change nothing the engine decides on: the
+timer lease of ``claim_due`` (it only pushes ``wake_at``) and ``clear_outbox`` (it only
+removes commands the broker has confirmed). A writer that saved a stale outbox afterwards
+puts the cleared commands back, which costs a harmless resend (idempotency keys).
+
+Datetimes: BSON stores milliseconds in UTC. The database handle is opened ``tz_aware`` in
+UTC, so a stored state comes back as ``as_stored(state)``: every datetime UTC-aware and
+truncated to the millisecond (a naive datetime is taken to be UTC). Engines that stamp
+times with millisecond UTC datetimes see their states come back exactly equal.
+
+Every PyMongo error is re-raised as ``StoreUnavailable`` by ``_translate_errors``, so no
+driver exception travels above ``coordinator/adapters``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import uuid4
+
+from bson.codec_options import CodecOptions
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
+
+from coordinator.engine.state import SagaState
+from coordinator.errors import DefinitionConflict, StoreUnavailable
+from coordinator.ports import DuplicateSaga, StoredDefinition
+from schemas.definition import SagaDefinition
+
+__all__ = [
+    "MongoSagaStore",
+    "RoundTripCounter",
+    "as_stored",
+    "definition_hash",
+    "make_client",
+    "stored_datetime",
+]
+
+Document = dict[str, Any]
+
+_OLDEST_FIRST = {
+    field: [(field, ASCENDING), ("_id", ASCENDING)] for field in ("wake_at", "updated_at")
+}
+"""Sort orders of ``claim_due`` and ``unpublished``: oldest first, ties by id."""
+
+LEASE_FIELD = "lease_token"
+"""Set by ``claim_due`` to find the documents one claim updated; dropped on read."""
+
+
+# -- the stored form, shared with the in-memory double ----------------------------------
+def stored_datetime(value: datetime) -> datetime:
+    """``value`` as BSON gives it back: UTC-aware, truncated to the millisecond."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def _stored_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return stored_datetime(value)
+    if isinstance(value, dict):
+        return {key: _stored_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_stored_value(item) for item in value]
+    return value
+
+
+def as_stored(state: SagaState) -> SagaState:
+    """The state a store gives back after storing ``state`` (datetimes at BSON precision)."""
+    return SagaState.from_document(_stored_value(state.to_document()))
+
+
+def definition_hash(definition: SagaDefinition) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of the definition."""
+    canonical = json.dumps(
+        definition.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- round trips and errors ---------------------------------------------------------------
+class RoundTripCounter(CommandListener):
+    """Counts the commands a client sends, by command name (``update``, ``find``, …)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def started(self, event: CommandStartedEvent) -> None:
+        self.counts[event.command_name] += 1
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        pass
+
+
+def make_client(
+    url: str, *, counter: RoundTripCounter | None = None, **kwargs: Any
+) -> AsyncMongoClient[Document]:
+    """An ``AsyncMongoClient`` giving UTC-aware datetimes, optionally counting round trips."""
+    kwargs.setdefault("tz_aware", True)
+    kwargs.setdefault("tzinfo", UTC)
+    if counter is not None:
+        kwargs["event_listeners"] = [*kwargs.get("event_listeners", ()), counter]
+    return AsyncMongoClient(url, **kwargs)
+
+
+@contextmanager
+def _translate_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except PyMongoError as exc:
+        raise StoreUnavailable(f"MongoDB failed to {operation}: {exc}") from exc
+
+
+# -- the store --------------------------------------------------------------------------
+class MongoSagaStore:
+    """``SagaStore`` over MongoDB: collections ``definitions`` and ``sagas``."""
+
+    def __init__(
+        self, client: AsyncMongoClient[Any], database: str, *, owns_client: bool = False
+    ) -> None:
+        self._client = client
+        self._owns_client = owns_client
+        db = client.get_database(
+            database, codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
+        )
+        self._db = db
+        self._definitions_coll: AsyncCollection[Document] = db["definitions"]
+        self._sagas: AsyncCollection[Document] = db["sagas"]
+        self._definitions: dict[tuple[str, int], StoredDefinition] = {}
+
+    @classmethod
+    def connect(cls, url: str, database: str, **kwargs: Any) -> MongoSagaStore:
+        """A store with its own client; ``close()`` closes that client."""
+        return cls(make_client(url, **kwargs), database, owns_client=True)
+
+    async def close(self) -> None:
+        """Close the client if this store created it (``connect``); else do nothing."""
+        if self._owns_client:
+            await self._client.close()
+
+    async def ensure_indexes(self) -> None:
+        with _translate_errors("create the indexes"):
+            await self._sagas.create_indexes(
+                [
+                    IndexModel(
+                        [("definition", ASCENDING), ("key", ASCENDING)],
+                        name="definition_key_unique",
+                        unique=True,
+                        partialFilterExpression={"key": {"$type": "string"}},
+                    ),
+                    IndexModel([("wake_at", ASCENDING)], name="wake_at"),
+                    IndexModel(
+                        [("updated_at", ASCENDING)],
+                        name="unpublished",
+                        partialFilterExpression={"outbox.0": {"$exists": True}},
+                    ),
+                    IndexModel(
+                        [("definition", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)],
+                        name="definition_status_id",
+                    ),
+                    IndexModel([("status", ASCENDING), ("_id", ASCENDING)], name="status_id"),
+                    IndexModel([("key", ASCENDING)], name="key"),
+                ]
+            )
+            await self._definitions_coll.create_index(
+                [("name", ASCENDING), ("version", ASCENDING)], name="name_version", unique=True
+            )
+
+    async def ping(self) -> None:
+        with _translate_errors("answer a ping"):
+            await self._db.command("ping")
+
+    # -- definitions ------------------------------------------------------------------
+    def _remember(self, doc: Document) -> StoredDefinition:
+        key = (doc["name"], doc["version"])
+        cached = self._definitions.get(key)
+        if cached is None:
+            cached = StoredDefinition(
+                definition=SagaDefinition.model_validate(doc["definition"]),
+                source=doc["source"],
+                content_hash=doc["content_hash"],
+                registered_at=doc["registered_at"],
+            )
+            self._definitions[key] = cached
+        return cached
+
+    async def register_definition(
+        self, definition: SagaDefinition, source: str
+    ) -> Literal["created", "identical"]:
+        content_hash = definition_hash(definition)
+        existing = self._definitions.get((definition.name, definition.version))
+        if existing is None:
+            doc: Document = {
+                "_id": f"{definition.name}@{definition.version}",
+                "name": definition.name,
+                "version": definition.version,
+                "content_hash": content_hash,
+                "source": source,
+                "definition": definition.model_dump(mode="json"),
+                "registered_at": stored_datetime(datetime.now(UTC)),
+            }
+            with _translate_errors("register a definition"):
+                try:
+                    await self._definitions_coll.insert_one(doc)
+                except DuplicateKeyError:
+                    found = await self._definitions_coll.find_one({"_id": doc["_id"]})
+                    if found is None:  # pragma: no cover - definitions are never deleted
+                        raise
+                    existing = self._remember(found)
+                else:
+                    self._remember(doc)
+                    return "created"
+        if existing.content_hash != content_hash:
+            raise DefinitionConflict(definition.name, definition.version)
+        return "identical"
+
+    async def get_definition(
+        self, name: str, version: int | None = None
+    ) -> StoredDefinition | None:
+        if version is not None and (cached := self._definitions.get((name, version))):
+            return cached
+        query: Document = {"name": name} if version is None else {"_id": f"{name}@{version}"}
+        with _translate_errors("read a definition"):
+            doc = await self._definitions_coll.find_one(query, sort=[("version", DESCENDING)])
+        return None if doc is None else self._remember(doc)
+
+    async def latest_definitions(self) -> list[StoredDefinition]:
+        pipeline: list[Document] = [
+            {"$sort": {"name": 1, "version": -1}},
+            {"$group": {"_id": "$name", "doc": {"$first": "$$ROOT"}}},
+            {"$replaceRoot": {"newRoot": "$doc"}},
+            {"$sort": {"name": 1}},
+        ]
+        with _translate_errors("list the definitions"):
+            cursor = await self._definitions_coll.aggregate(pipeline)
+            return [self._remember(doc) async for doc in cursor]
+
+    async def definition_versions(self, name: str) -> list[StoredDefinition]:
+        with _translate_errors("list a definition's versions"):
+            cursor = self._definitions_coll.find({"name": name}).sort("version", ASCENDING)
+            return [self._remember(doc) async for doc in cursor]
+
+    # -- instances ----------------------------------------------------------------------
+    @staticmethod
+    def _state(doc: Document) -> SagaState:
+        doc.pop(LEASE_FIELD, None)
+        return SagaState.from_document(doc)
+
+    async def insert_saga(self, state: SagaState) -> None:
+        """Insert; a taken (definition, key) — or saga id — raises ``DuplicateSaga``."""
+        with _translate_errors("insert a saga"):
+            try:
+                await self._sagas.insert_one(state.to_document())
+            except DuplicateKeyError:
+                existing = None
+                if state.key is not None:
+                    existing = await self._sagas.find_one(
+                        {"definition": state.definition, "key": state.key}
+                    )
+                if existing is None:
+                    existing = await self._sagas.find_one({"_id": state.id})
+                if existing is None:  # pragma: no cover - sagas are never deleted
+                    raise
+                raise DuplicateSaga(self._state(existing)) from None
+
+    async def load_saga(self, saga_id: str) -> SagaState | None:
+        with _translate_errors("load a saga"):
+            doc = await self._sagas.find_one({"_id": saga_id})
+        return None if doc is None else self._state(doc)
+
+    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
+        with _translate_errors("save a saga"):
+            result = await self._sagas.replace_one(
+                {"_id": state.id, "revision": expected_revision}, state.to_document()
+            )
+        return result.matched_count == 1
+
+    async def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[SagaState]:
+        """Claim due instances in at most three round trips, whatever ``limit`` is.
+
+        1. find the ids of up to ``limit`` due instances (an idle poll stops here);
+        2. ``update_many`` those still due (the filter is re-checked atomically per
+           document, so of two concurrent claimers only one updates each document),
+           setting ``wake_at = now + lease`` and a fresh ``lease_token``;
+        3. read back the documents carrying this claim's token.
+        """
+        if limit <= 0:
+            return []
+        due_filter = {"wake_at": {"$lte": now}}
+        with _translate_errors("claim due sagas"):
+            cursor = self._sagas.find(due_filter, {"_id": 1}).sort(_OLDEST_FIRST["wake_at"])
+            ids = [doc["_id"] async for doc in cursor.limit(limit)]
+            if not ids:
+                return []
+            token = uuid4().hex
+            result = await self._sagas.update_many(
+                {"_id": {"$in": ids}, **due_filter},
+                {"$set": {"wake_at": now + lease, LEASE_FIELD: token}},
+            )
+            if result.modified_count == 0:
+                return []
+            docs = [d async for d in self._sagas.find({"_id": {"$in": ids}, LEASE_FIELD: token})]
+        order = {saga_id: index for index, saga_id in enumerate(ids)}
+        docs.sort(key=lambda doc: order[doc["_id"]])
+        return [self._state(doc) for doc in docs]
+
+    async def unpublished(self, older_than: datetime, limit: int) -> list[SagaState]:
+        if limit <= 0:
+            return []
+        query = {"outbox.0": {"$exists": True}, "updated_at": {"$lt": older_than}}
+        with _translate_errors("find unpublished commands"):
+            cursor = self._sagas.find(query).sort(_OLDEST_FIRST["updated_at"]).limit(limit)
+            return [self._state(doc) async for doc in cursor]
+
+    async def clear_outbox(self, published: Sequence[tuple[str, str]]) -> None:
+        by_saga: dict[str, list[str]] = defaultdict(list)
+        for saga_id, message_id in published:
+            by_saga[saga_id].append(message_id)
+        if not by_saga:
+            return
+        updates = [
+            UpdateOne({"_id": saga_id}, {"$pull": {"outbox": {"message_id": {"$in": ids}}}})
+            for saga_id, ids in by_saga.items()
+        ]
+        with _translate_errors("clear published commands"):
+            await self._sagas.bulk_write(updates, ordered=False)

@@ -1,0 +1,389 @@
+"""The ``SagaStore`` contract, run against the in-memory double and MongoDB alike.
+
+The ``mongo`` variant carries the ``integration`` marker and gets a fresh database per test
+(the ``mongo`` and ``database_name`` fixtures of ``tests/conftest.py``). These bodies use only
+standard MongoDB features, so they pass against SecantusDB and a real mongod alike.
+
+Datetimes: a store gives states back at BSON precision (``as_stored``): UTC-aware and
+truncated to the millisecond. States built here use millisecond UTC datetimes, so they come
+back exactly equal; ``test_datetimes_come_back_at_bson_precision`` pins the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from coordinator.adapters import (
+    InMemorySagaStore,
+    MongoSagaStore,
+    RoundTripCounter,
+    as_stored,
+)
+from coordinator.engine.state import Command, HistoryEntry, SagaState, StepState
+from coordinator.errors import DefinitionConflict, StoreUnavailable
+from coordinator.ports import DuplicateSaga, SagaStore
+from schemas.definition import SagaDefinition
+from tests.conftest import free_port
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def definition(version: int = 1, *, description: str = "", name: str = "order") -> SagaDefinition:
+    return SagaDefinition.model_validate(
+        {
+            "name": name,
+            "version": version,
+            "description": description,
+            "trigger": {"event": "order.placed", "key": "${event.order_id}"},
+            "timeout": "10m",
+            "steps": [
+                {
+                    "name": "reserve",
+                    "participant": "inventory",
+                    "command": "reserve",
+                    "input": {"order_id": "${input.order_id}"},
+                    "compensation": {"command": "release", "retry": {"max_attempts": 5}},
+                },
+                {"name": "ship", "participant": "shipping", "command": "ship", "pivot": True},
+            ],
+        }
+    )
+
+
+def command(message_id: str, when: datetime = T0) -> Command:
+    return Command(
+        message_id=message_id,
+        routing_key="inventory.reserve",
+        type="reserve",
+        reply_to="coordinator",
+        timestamp=when,
+        headers={"x-saga-id": "s", "x-saga-attempt": 1},
+        body={"order_id": "o-1", "items": [{"sku": "a", "qty": 2}]},
+    )
+
+
+def saga(
+    saga_id: str,
+    *,
+    key: str | None = None,
+    definition_name: str = "order",
+    wake_at: datetime | None = None,
+    outbox: list[Command] | None = None,
+    updated_at: datetime = T0,
+    revision: int = 0,
+) -> SagaState:
+    return SagaState(
+        id=saga_id,
+        definition=definition_name,
+        definition_version=1,
+        key=key,
+        input={"order_id": "o-1", "total": 12.5, "tags": ["a", "b"], "nested": {"x": None}},
+        steps=[StepState(name="reserve"), StepState(name="ship")],
+        created_at=T0,
+        updated_at=updated_at,
+        deadline=at(600),
+        wake_at=wake_at,
+        revision=revision,
+        outbox=outbox or [],
+        history=[HistoryEntry(at=T0, event="saga.started", status="running")],
+    )
+
+
+# -- fixtures ---------------------------------------------------------------------------
+@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.integration)])
+def backend(request: pytest.FixtureRequest) -> SagaStore:
+    if request.param == "memory":
+        return InMemorySagaStore()
+    client: AsyncMongoClient[Any] = request.getfixturevalue("mongo")
+    return MongoSagaStore(client, request.getfixturevalue("database_name"))
+
+
+@pytest.fixture
+async def store(backend: SagaStore) -> SagaStore:
+    await backend.ensure_indexes()
+    return backend
+
+
+@pytest.fixture
+def counter() -> RoundTripCounter:
+    return RoundTripCounter()
+
+
+@pytest.fixture
+async def counted(
+    mongo: AsyncMongoClient[Any], mongodb_url: str, database_name: str, counter: RoundTripCounter
+) -> AsyncIterator[MongoSagaStore]:
+    """A Mongo store whose client counts round trips (``mongo`` drops the database)."""
+    store = MongoSagaStore.connect(mongodb_url, database_name, counter=counter)
+    try:
+        await store.ensure_indexes()
+        await store.ping()
+        yield store
+    finally:
+        await store.close()
+
+
+# -- definitions ------------------------------------------------------------------------
+async def test_register_new_identical_and_conflict(store: SagaStore) -> None:
+    assert await store.register_definition(definition(), "source: 1") == "created"
+    assert await store.register_definition(definition(), "other text, same content") == (
+        "identical"
+    )
+    with pytest.raises(DefinitionConflict) as caught:
+        await store.register_definition(definition(description="changed"), "source: 2")
+    assert (caught.value.name, caught.value.version) == ("order", 1)
+
+    stored = await store.get_definition("order", 1)
+    assert stored is not None
+    assert stored.definition == definition()
+    assert stored.source == "source: 1"
+    assert len(stored.content_hash) == 64
+    assert stored.registered_at.tzinfo is not None
+
+
+async def test_latest_and_versions(store: SagaStore) -> None:
+    for version in (2, 1, 3):
+        await store.register_definition(definition(version), f"v{version}")
+    await store.register_definition(definition(1, name="refund"), "refund v1")
+
+    latest = await store.get_definition("order")
+    assert latest is not None and latest.definition.version == 3
+    assert [d.definition.version for d in await store.definition_versions("order")] == [1, 2, 3]
+    assert [
+        (d.definition.name, d.definition.version) for d in await store.latest_definitions()
+    ] == [
+        ("order", 3),
+        ("refund", 1),
+    ]
+    assert await store.get_definition("order", 4) is None
+    assert await store.get_definition("unknown") is None
+    assert await store.definition_versions("unknown") == []
+
+
+@pytest.mark.integration
+async def test_definitions_are_shared_between_store_instances(
+    mongo: AsyncMongoClient[Any], database_name: str
+) -> None:
+    first, second = (MongoSagaStore(mongo, database_name) for _ in range(2))
+    await first.ensure_indexes()
+    assert await first.register_definition(definition(), "a") == "created"
+    assert await second.register_definition(definition(), "b") == "identical"
+    with pytest.raises(DefinitionConflict):
+        await second.register_definition(definition(description="x"), "c")
+
+
+# -- instances --------------------------------------------------------------------------
+async def test_insert_and_load_round_trip_exactly(store: SagaStore) -> None:
+    state = saga("s-1", key="o-1", wake_at=at(30), outbox=[command("m-1")])
+    await store.insert_saga(state)
+    assert await store.load_saga("s-1") == state
+    assert await store.load_saga("missing") is None
+
+
+async def test_duplicate_key_raises_with_the_existing_instance(store: SagaStore) -> None:
+    first = saga("s-1", key="o-1")
+    await store.insert_saga(first)
+    with pytest.raises(DuplicateSaga) as caught:
+        await store.insert_saga(saga("s-2", key="o-1"))
+    assert caught.value.existing == first
+    assert await store.load_saga("s-2") is None
+    # The same key under another definition is another business.
+    await store.insert_saga(saga("s-3", key="o-1", definition_name="refund"))
+
+
+async def test_duplicate_id_raises_with_the_existing_instance(store: SagaStore) -> None:
+    first = saga("s-1")
+    await store.insert_saga(first)
+    with pytest.raises(DuplicateSaga) as caught:
+        await store.insert_saga(saga("s-1", key="other"))
+    assert caught.value.existing == first
+
+
+async def test_keyless_sagas_never_collide(store: SagaStore) -> None:
+    for index in range(3):
+        await store.insert_saga(saga(f"s-{index}"))
+    for index in range(3):
+        assert await store.load_saga(f"s-{index}") is not None
+
+
+async def test_save_checks_the_revision(store: SagaStore) -> None:
+    state = saga("s-1")
+    await store.insert_saga(state)
+    moved = state.model_copy(update={"status": "completed", "revision": 1})
+    assert await store.save_saga(moved, expected_revision=1) is False
+    assert await store.save_saga(moved, expected_revision=0) is True
+    assert await store.load_saga("s-1") == moved
+    assert await store.save_saga(moved, expected_revision=0) is False
+    assert await store.save_saga(saga("missing", revision=1), expected_revision=0) is False
+
+
+async def test_two_writers_exactly_one_wins(store: SagaStore) -> None:
+    state = saga("s-1")
+    await store.insert_saga(state)
+    a = state.model_copy(update={"status": "completed", "revision": 1})
+    b = state.model_copy(update={"status": "compensating", "revision": 1})
+    results = await asyncio.gather(store.save_saga(a, 0), store.save_saga(b, 0))
+    assert sorted(results) == [False, True]
+    assert await store.load_saga("s-1") == (a if results[0] else b)
+
+
+async def test_datetimes_come_back_at_bson_precision(store: SagaStore) -> None:
+    precise = datetime(2026, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC)
+    naive = datetime(2026, 1, 2, 3, 4, 6, 123_456)
+    state = saga("s-1", wake_at=precise, updated_at=naive, outbox=[command("m", precise)])
+    await store.insert_saga(state)
+    loaded = await store.load_saga("s-1")
+    assert loaded == as_stored(state) != state
+    assert loaded is not None
+    assert loaded.wake_at == datetime(2026, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
+    assert loaded.updated_at == datetime(2026, 1, 2, 3, 4, 6, 123_000, tzinfo=UTC)
+    assert loaded.outbox[0].timestamp == loaded.wake_at
+    assert as_stored(loaded) == loaded
+
+
+# -- timers -----------------------------------------------------------------------------
+async def test_claim_due_returns_only_due_instances(store: SagaStore) -> None:
+    await store.insert_saga(saga("past", wake_at=at(-10)))
+    await store.insert_saga(saga("now", wake_at=at(0)))
+    await store.insert_saga(saga("future", wake_at=at(10)))
+    await store.insert_saga(saga("idle"))
+    claimed = await store.claim_due(at(0), LEASE, limit=10)
+    assert [s.id for s in claimed] == ["past", "now"]
+    assert await store.claim_due(at(0), LEASE, limit=10) == []
+
+
+async def test_claim_due_respects_the_limit(store: SagaStore) -> None:
+    for index in range(5):
+        await store.insert_saga(saga(f"s-{index}", wake_at=at(-index)))
+    first = await store.claim_due(at(0), LEASE, limit=2)
+    assert [s.id for s in first] == ["s-4", "s-3"]
+    rest = await store.claim_due(at(0), LEASE, limit=10)
+    assert [s.id for s in rest] == ["s-2", "s-1", "s-0"]
+
+
+async def test_concurrent_claimers_get_disjoint_instances(store: SagaStore) -> None:
+    ids = {f"s-{index}" for index in range(8)}
+    for saga_id in ids:
+        await store.insert_saga(saga(saga_id, wake_at=at(-1)))
+    a, b = await asyncio.gather(
+        store.claim_due(at(0), LEASE, limit=10), store.claim_due(at(0), LEASE, limit=10)
+    )
+    a_ids, b_ids = {s.id for s in a}, {s.id for s in b}
+    assert not a_ids & b_ids
+    assert a_ids | b_ids == ids
+
+
+async def test_claim_pushes_wake_at_by_the_lease(store: SagaStore) -> None:
+    state = saga("s-1", wake_at=at(-5), revision=3)
+    await store.insert_saga(state)
+    (claimed,) = await store.claim_due(at(0), LEASE, limit=10)
+    assert claimed.wake_at == at(0) + LEASE
+    assert claimed.revision == 3
+    assert claimed == state.model_copy(update={"wake_at": at(0) + LEASE})
+    assert await store.load_saga("s-1") == claimed
+
+    assert await store.claim_due(at(29), LEASE, limit=10) == []
+    (again,) = await store.claim_due(at(30), LEASE, limit=10)
+    assert again.wake_at == at(30) + LEASE
+
+    # The claim did not move the revision: the holder saves as usual.
+    done = again.model_copy(update={"wake_at": None, "revision": 4})
+    assert await store.save_saga(done, expected_revision=3) is True
+    assert await store.load_saga("s-1") == done
+    assert await store.claim_due(at(1000), LEASE, limit=10) == []
+
+
+# -- outbox -----------------------------------------------------------------------------
+async def test_unpublished_and_clear_outbox(store: SagaStore) -> None:
+    await store.insert_saga(saga("old", outbox=[command("m-1"), command("m-2")], updated_at=at(0)))
+    await store.insert_saga(saga("older", outbox=[command("m-3")], updated_at=at(-5)))
+    await store.insert_saga(saga("fresh", outbox=[command("m-4")], updated_at=at(20)))
+    await store.insert_saga(saga("empty", updated_at=at(-50)))
+
+    found = await store.unpublished(older_than=at(10), limit=10)
+    assert [s.id for s in found] == ["older", "old"]
+    assert [s.id for s in await store.unpublished(older_than=at(10), limit=1)] == ["older"]
+
+    await store.clear_outbox([("old", "m-1"), ("older", "m-3"), ("missing", "m-9")])
+    await store.clear_outbox([])
+    old = await store.load_saga("old")
+    assert old is not None
+    assert [c.message_id for c in old.outbox] == ["m-2"]
+    assert old.revision == 0
+    assert [s.id for s in await store.unpublished(older_than=at(10), limit=10)] == ["old"]
+
+    # Clearing did not move the revision: a save with the right revision still works.
+    saved = old.model_copy(update={"status": "completed", "revision": 1})
+    assert await store.save_saga(saved, expected_revision=0) is True
+    assert await store.load_saga("old") == saved
+
+
+# -- MongoDB only -----------------------------------------------------------------------
+@pytest.mark.integration
+async def test_save_saga_is_one_round_trip(
+    counted: MongoSagaStore, counter: RoundTripCounter
+) -> None:
+    state = saga("s-1")
+    await counted.insert_saga(state)
+    counter.reset()
+    assert await counted.save_saga(state.model_copy(update={"revision": 1}), 0) is True
+    assert counter.total == 1
+    counter.reset()
+    assert await counted.save_saga(state, 0) is False
+    assert counter.total == 1
+
+
+@pytest.mark.integration
+async def test_clear_outbox_is_one_round_trip(
+    counted: MongoSagaStore, counter: RoundTripCounter
+) -> None:
+    for index in range(3):
+        outbox = [command(f"m-{index}-a"), command(f"m-{index}-b")]
+        await counted.insert_saga(saga(f"s-{index}", outbox=outbox))
+    counter.reset()
+    await counted.clear_outbox([(f"s-{i}", f"m-{i}-{x}") for i in range(3) for x in "ab"])
+    assert counter.total == 1
+    assert await counted.unpublished(at(100), limit=10) == []
+
+
+@pytest.mark.integration
+async def test_definitions_are_cached(counted: MongoSagaStore, counter: RoundTripCounter) -> None:
+    await counted.register_definition(definition(), "a")
+    counter.reset()
+    assert await counted.get_definition("order", 1) is not None
+    assert await counted.register_definition(definition(), "a") == "identical"
+    assert counter.total == 0
+
+
+@pytest.mark.integration
+async def test_idle_claim_is_one_round_trip(
+    counted: MongoSagaStore, counter: RoundTripCounter
+) -> None:
+    await counted.insert_saga(saga("s-1", wake_at=at(10)))
+    counter.reset()
+    assert await counted.claim_due(at(0), LEASE, limit=100) == []
+    assert counter.total == 1
+
+
+async def test_driver_errors_become_store_unavailable() -> None:
+    unreachable = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
+    store = MongoSagaStore.connect(unreachable, "db", serverSelectionTimeoutMS=100)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.ping()
+        assert caught.value.__cause__ is not None
+        with pytest.raises(StoreUnavailable):
+            await store.load_saga("s-1")
+    finally:
+        await store.close()
