@@ -3,6 +3,8 @@
     SagaError
     ├── DefinitionError          a definition is invalid (every error located)
     │   └── DefinitionConflict   (name, version) already registered with other content
+    ├── UnknownDefinition        no definition of that name (and version) is registered
+    ├── SagaNotFound             no saga instance has that id
     ├── EngineError
     │   └── InvalidTransition    our bug: the engine was called with inputs it cannot take
     └── AdapterError
@@ -23,7 +25,9 @@ __all__ = [
     "EngineError",
     "InvalidTransition",
     "SagaError",
+    "SagaNotFound",
     "StoreUnavailable",
+    "UnknownDefinition",
 ]
 
 
@@ -51,6 +55,20 @@ class DefinitionConflict(SagaError):
             f"definition {name!r} version {version} is already registered with other "
             f"content; (name, version) is immutable: register it as version {version + 1}"
         )
+
+
+class UnknownDefinition(SagaError):
+    def __init__(self, name: str, version: int | None = None) -> None:
+        self.name = name
+        self.version = version
+        which = f"{name!r}" if version is None else f"{name!r} version {version}"
+        super().__init__(f"no definition {which} is registered")
+
+
+class SagaNotFound(SagaError):
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"no saga with id {saga_id!r}")
 
 
 class EngineError(SagaError):

@@ -1,0 +1,20 @@
+# The coordinator and the example participants share this image.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY coordinator ./coordinator
+COPY participants ./participants
+COPY schemas ./schemas
+RUN pip install . && useradd --system --uid 10001 saga
+USER saga
+
+ENV SAGA_HTTP_HOST=0.0.0.0 \
+    SAGA_DEFINITIONS_DIR=/app/schemas
+EXPOSE 8080
+ENTRYPOINT ["saga-coordinator"]
+CMD ["run"]
