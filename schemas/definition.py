@@ -12,12 +12,15 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
 )
 
 __all__ = [
@@ -68,9 +71,21 @@ Duration = Annotated[
     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["500ms", "30s"]}),
 ]
 
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("a timeout must be longer than zero, for example 30s")
+    return value
+
+
+# A deadline: a duration longer than zero.
+Timeout = Annotated[Duration, AfterValidator(_positive)]
+
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,62}$"
 # A participant or command name is one routing-key word: no dots, no wildcards.
 WORD_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+# An event type is a routing key: dot-separated words, no wildcards.
+EVENT_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 
 
 class _Model(BaseModel):
@@ -80,23 +95,34 @@ class _Model(BaseModel):
 class RetryPolicy(_Model):
     """Exponential backoff, capped, with jitter."""
 
-    max_attempts: int = Field(default=3, ge=1, le=1000)
+    max_attempts: int = Field(default=3, ge=1, le=1000, strict=True)
     backoff: Duration = timedelta(seconds=1)
-    multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
+    multiplier: float = Field(default=2.0, ge=1.0, le=100.0, strict=True)
     max_backoff: Duration = timedelta(minutes=1)
+
+    @field_validator("max_backoff")
+    @classmethod
+    def _cap_not_below_backoff(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        backoff = info.data.get("backoff")
+        if isinstance(backoff, timedelta) and value < backoff:
+            raise ValueError(
+                f"max_backoff ({format_duration(value)}) is shorter than backoff "
+                f"({format_duration(backoff)}); the cap must be at least the first delay"
+            )
+        return value
 
 
 class Defaults(_Model):
     """Values that apply to every step and compensation that does not set its own."""
 
-    timeout: Duration = timedelta(seconds=30)
+    timeout: Timeout = timedelta(seconds=30)
     retry: RetryPolicy = RetryPolicy()
 
 
 class Trigger(_Model):
     """The event that starts a saga: one instance per business key."""
 
-    event: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    event: str = Field(min_length=1, max_length=255, pattern=EVENT_PATTERN)
     key: str = Field(min_length=1, max_length=1000)
     input: Any = "${event}"
 
@@ -106,7 +132,7 @@ class Compensation(_Model):
 
     command: str = Field(pattern=WORD_PATTERN)
     input: Any = Field(default_factory=dict)
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     retry: RetryPolicy | None = None
 
 
@@ -117,9 +143,9 @@ class Step(_Model):
     participant: str = Field(pattern=WORD_PATTERN)
     command: str = Field(pattern=WORD_PATTERN)
     input: Any = Field(default_factory=dict)
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     retry: RetryPolicy | None = None
-    pivot: bool = False
+    pivot: bool = Field(default=False, strict=True)
     compensation: Compensation | None = None
 
 
@@ -127,10 +153,10 @@ class SagaDefinition(_Model):
     """One YAML document: a named, versioned saga."""
 
     name: str = Field(pattern=NAME_PATTERN)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, strict=True)
     description: str = ""
     trigger: Trigger | None = None
-    timeout: Duration | None = None
+    timeout: Timeout | None = None
     defaults: Defaults = Defaults()
     steps: list[Step] = Field(min_length=1, max_length=100)
 

@@ -139,9 +139,7 @@ def resolve(template: Any, context: Mapping[str, Any]) -> Any:
         match = _REF.fullmatch(template)
         if match is not None:
             return _lookup(context, parse_reference(match.group(1)))
-        return _REF.sub(
-            lambda m: _as_text(_lookup(context, parse_reference(m.group(1)))), template
-        )
+        return _REF.sub(lambda m: _as_text(_lookup(context, parse_reference(m.group(1)))), template)
     if isinstance(template, Mapping):
         return {key: resolve(value, context) for key, value in template.items()}
     if isinstance(template, list):
