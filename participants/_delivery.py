@@ -1,0 +1,180 @@
+"""Decoding a command (pure): AMQP properties and body in, a ``Command`` or ``BadCommand`` out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from schemas.envelope import (
+    DEFAULT_REPLY_TO,
+    HEADER_ATTEMPT,
+    HEADER_DEADLINE,
+    HEADER_IDEMPOTENCY_KEY,
+    HEADER_KIND,
+    HEADER_SAGA_ID,
+    HEADER_STEP,
+    Kind,
+    idempotency_key,
+)
+
+__all__ = ["MAX_BODY_BYTES", "BadCommand", "Command", "Delivery", "decode_command"]
+
+#: The size limit of a command body (SPEC §3).
+MAX_BODY_BYTES = 1024 * 1024
+
+_REQUIRED = (HEADER_SAGA_ID, HEADER_STEP, HEADER_KIND, HEADER_ATTEMPT, HEADER_IDEMPOTENCY_KEY)
+
+
+class BadCommand(Exception):
+    """A message that breaks the contract; it is dead-lettered, never retried.
+
+    Args:
+        reason: Why, as put in the ``x-saga-rejection`` header.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a handler knows about the command it is handling.
+
+    Attributes:
+        saga_id: The saga instance id.
+        step: The step name.
+        kind: ``action`` or ``compensation``.
+        attempt: 1, 2, … for this step and kind.
+        idempotency_key: The same for every attempt of this step and kind.
+        deadline: When the coordinator stops waiting, if it said so.
+        headers: All the command's headers, as received (byte strings decoded).
+        command: The command name.
+        message_id: The command's AMQP message id, if any.
+    """
+
+    saga_id: str
+    step: str
+    kind: Kind
+    attempt: int
+    idempotency_key: str
+    deadline: datetime | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    command: str = ""
+    message_id: str | None = None
+
+    @property
+    def action_key(self) -> str:
+        """The idempotency key of this step's action (what a compensation undoes)."""
+        return idempotency_key(self.saga_id, self.step, "action")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A decoded command: its context, input, and where to reply."""
+
+    delivery: Delivery
+    input: dict[str, Any]
+    reply_to: str
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    return value
+
+
+def _required_text(headers: Mapping[str, Any], name: str) -> str:
+    value = headers[name]
+    if not isinstance(value, str) or not value:
+        raise BadCommand(f"header {name} must be a non-empty string")
+    return value
+
+
+def _attempt(value: Any) -> int:
+    if isinstance(value, bool):
+        raise BadCommand(f"header {HEADER_ATTEMPT} must be an integer >= 1")
+    try:
+        attempt = int(value)
+    except (TypeError, ValueError):
+        raise BadCommand(f"header {HEADER_ATTEMPT} must be an integer >= 1") from None
+    if attempt < 1:
+        raise BadCommand(f"header {HEADER_ATTEMPT} must be an integer >= 1")
+    return attempt
+
+
+def _deadline(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise BadCommand(f"header {HEADER_DEADLINE} is not an ISO-8601 instant") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def decode_command(
+    *,
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    message_type: str | None,
+    routing_key: str | None,
+    reply_to: str | None,
+    message_id: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> Command:
+    """Decode one command message according to SPEC §3.
+
+    Args:
+        body: The raw body.
+        headers: The AMQP headers.
+        message_type: The AMQP ``type`` property (the command name).
+        routing_key: The routing key, ``<participant>.<command>``; its suffix names the
+            command when ``type`` is missing.
+        reply_to: The AMQP ``reply_to`` property.
+        message_id: The AMQP ``message_id`` property.
+        max_body_bytes: The body size limit.
+
+    Returns:
+        The decoded command.
+
+    Raises:
+        BadCommand: The message breaks the contract.
+    """
+    if len(body) > max_body_bytes:
+        raise BadCommand(f"body of {len(body)} bytes exceeds the limit of {max_body_bytes}")
+    decoded = {str(k): _text(v) for k, v in (headers or {}).items()}
+    missing = [name for name in _REQUIRED if decoded.get(name) in (None, "")]
+    if missing:
+        raise BadCommand(f"missing headers: {', '.join(missing)}")
+    kind = decoded[HEADER_KIND]
+    if kind not in ("action", "compensation"):
+        raise BadCommand(f"header {HEADER_KIND} must be 'action' or 'compensation', got {kind!r}")
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadCommand(f"body is not JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadCommand(f"body must be a JSON object, got {type(payload).__name__}")
+    command = message_type or ""
+    if not command and routing_key:
+        command = routing_key.split(".", 1)[-1]
+    if not command:
+        raise BadCommand("the command name is missing (no type property and no routing key)")
+    delivery = Delivery(
+        saga_id=_required_text(decoded, HEADER_SAGA_ID),
+        step=_required_text(decoded, HEADER_STEP),
+        kind="action" if kind == "action" else "compensation",
+        attempt=_attempt(decoded[HEADER_ATTEMPT]),
+        idempotency_key=_required_text(decoded, HEADER_IDEMPOTENCY_KEY),
+        deadline=_deadline(decoded.get(HEADER_DEADLINE)),
+        headers=decoded,
+        command=command,
+        message_id=message_id,
+    )
+    return Command(delivery=delivery, input=payload, reply_to=reply_to or DEFAULT_REPLY_TO)

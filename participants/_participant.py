@@ -1,0 +1,343 @@
+"""``Participant``: the AMQP side of the SDK — topology, consuming, replying, dead-lettering.
+
+Acknowledgement policy, per command:
+
+* contract broken (body not a JSON object, required header missing, body too large) → a
+  copy goes to the dead-letter exchange with ``x-saga-rejection`` stating why (publisher
+  confirmed), then the command is acked: it is never redelivered in a loop;
+* otherwise the outcome is computed (``_execution``), stored when final, the reply is
+  published and confirmed, and only then the command is acked;
+* an infrastructure failure on the way (MongoDB or RabbitMQ unavailable) → the command is
+  nacked back to the queue after a short pause; the quorum queue's delivery limit bounds
+  the redeliveries, then dead-letters it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, Self
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pymongo import AsyncMongoClient
+
+from participants._delivery import MAX_BODY_BYTES, BadCommand, Command, decode_command
+from participants._execution import ContextLogger, Executor, Handler
+from participants._store import OutcomeStore
+from participants.settings import ParticipantSettings
+from schemas.envelope import HEADER_REJECTION, REPLY_COPIED_HEADERS, Exchanges
+from schemas.topology import DeclaredExchanges, declare_exchanges, queue_arguments
+
+__all__ = ["Participant"]
+
+logger = logging.getLogger("participants")
+
+
+class Participant:
+    """A service that handles saga commands and replies to the coordinator.
+
+    Args:
+        name: The participant's name; commands are routed to it as ``<name>.<command>``.
+        amqp_url: The RabbitMQ URL.
+        mongodb_url: The MongoDB URL of the idempotency records.
+        database: The MongoDB database holding them.
+        prefix: The exchange name prefix (SPEC §3).
+        queue: The command queue's name; default ``<name>.commands``.
+        prefetch: How many commands are handled concurrently.
+        delivery_limit: Deliveries of one command before the broker dead-letters it.
+        lease: Seconds a claim on an idempotency key holds without renewal; a crashed
+            claimant's key is taken over after it.
+        max_body_bytes: The command body size limit.
+        collection: The collection of the idempotency records.
+        stop_timeout: Seconds ``stop()`` waits for commands in flight before cancelling them.
+
+    Example::
+
+        inventory = Participant("inventory", amqp_url=..., mongodb_url=..., database="shop")
+
+        @inventory.action("reserve_stock")
+        async def reserve(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
+            return {"reservation_id": f"r-{delivery.saga_id}"}
+
+        await inventory.run()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        amqp_url: str,
+        mongodb_url: str,
+        database: str,
+        prefix: str = "saga",
+        queue: str | None = None,
+        prefetch: int = 32,
+        delivery_limit: int = 5,
+        lease: float = 30.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        collection: str = "participant_outcomes",
+        stop_timeout: float = 10.0,
+    ) -> None:
+        if not name or "." in name or "#" in name or "*" in name:
+            raise ValueError(f"participant name {name!r} must be non-empty, without '.', '*', '#'")
+        self.name = name
+        self.exchanges = Exchanges(prefix)
+        self.queue_name = queue or f"{name}.commands"
+        self.prefetch = prefetch
+        self.delivery_limit = delivery_limit
+        self.max_body_bytes = max_body_bytes
+        self.stop_timeout = stop_timeout
+        self.requeue_delay = 1.0
+        self._amqp_url = amqp_url
+        self._mongodb_url = mongodb_url
+        self._database = database
+        self._collection = collection
+        self._lease = timedelta(seconds=lease)
+        self._executor = Executor(name)
+        self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._declared: DeclaredExchanges | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_settings(cls, name: str, settings: ParticipantSettings | None = None) -> Participant:
+        """A participant configured from ``settings`` (default: the ``SAGA_*`` environment)."""
+        s = settings or ParticipantSettings()
+        return cls(
+            name,
+            amqp_url=s.amqp_url,
+            mongodb_url=s.mongodb_url,
+            database=s.mongodb_database,
+            prefix=s.exchange_prefix,
+            queue=s.queue,
+            prefetch=s.prefetch,
+            delivery_limit=s.delivery_limit,
+            lease=s.lease_seconds,
+            max_body_bytes=s.max_body_bytes,
+        )
+
+    @property
+    def executions(self) -> Counter[str]:
+        """How many times a handler ran, per idempotency key (in this process)."""
+        return self._executor.executions
+
+    def action(self, command: str) -> Callable[[Handler], Handler]:
+        """Register the handler of an action command.
+
+        Args:
+            command: The command name (the message ``type``, e.g. ``reserve_stock``).
+
+        Returns:
+            A decorator that registers the handler and returns it unchanged.
+        """
+        return self._register("action", command)
+
+    def compensation(self, command: str) -> Callable[[Handler], Handler]:
+        """Register the handler of a compensation command.
+
+        It is called only when the step's action succeeded here; otherwise the SDK answers
+        ``succeeded`` itself (nothing to undo).
+
+        Args:
+            command: The command name (e.g. ``release_stock``).
+
+        Returns:
+            A decorator that registers the handler and returns it unchanged.
+        """
+        return self._register("compensation", command)
+
+    def _register(self, kind: str, command: str) -> Callable[[Handler], Handler]:
+        if not command:
+            raise ValueError("a command name must not be empty")
+
+        def decorator(handler: Handler) -> Handler:
+            registry = self._executor.handlers[kind]
+            if command in registry:
+                raise ValueError(f"{self.name}: {kind} {command!r} is registered twice")
+            registry[command] = handler
+            return handler
+
+        return decorator
+
+    async def start(self) -> None:
+        """Declare the topology and start consuming."""
+        if self._mongo is not None:
+            raise RuntimeError(f"participant {self.name} is already started")
+        self._mongo = AsyncMongoClient(self._mongodb_url, tz_aware=True)
+        self._executor.store = OutcomeStore(
+            self._mongo, self._database, self.name, collection=self._collection, lease=self._lease
+        )
+        try:
+            self._connection = await aio_pika.connect_robust(self._amqp_url)
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            await self._channel.set_qos(prefetch_count=self.prefetch)
+            self._declared = await declare_exchanges(self._channel, self.exchanges)
+            self._queue = await self._channel.declare_queue(
+                self.queue_name,
+                durable=True,
+                arguments=queue_arguments(self.exchanges, delivery_limit=self.delivery_limit),
+            )
+            await self._queue.bind(self._declared.commands, routing_key=f"{self.name}.*")
+            self._consumer_tag = await self._queue.consume(self._on_message)
+        except BaseException:
+            await self.stop()
+            raise
+        logger.info("[%s] consuming %s", self.name, self.queue_name)
+
+    async def stop(self) -> None:
+        """Stop consuming, let commands in flight finish (up to ``stop_timeout``), close."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._consumer_tag)
+        self._consumer_tag = None
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=self.stop_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+        self._connection = self._channel = self._declared = self._queue = None
+        if self._mongo is not None:
+            await self._mongo.close()
+        self._mongo = None
+        self._executor.store = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Run until cancelled, SIGTERM or SIGINT, then stop gracefully."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        installed: list[signal.Signals] = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stopping.set)
+                installed.append(sig)
+        try:
+            async with self:
+                await stopping.wait()
+                logger.info("[%s] stopping", self.name)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        try:
+            command = decode_command(
+                body=message.body,
+                headers=message.headers,
+                message_type=message.type,
+                routing_key=message.routing_key,
+                reply_to=message.reply_to,
+                message_id=message.message_id,
+                max_body_bytes=self.max_body_bytes,
+            )
+        except BadCommand as exc:
+            await self._reject(message, exc.reason)
+            return
+        log = ContextLogger(logger, self.name, command.delivery)
+        try:
+            body = await self._executor.outcome(command, log)
+            if body is not None:
+                await self._reply(command, body)
+            await message.ack()
+        except Exception:
+            log.exception("could not handle the command: it goes back to the queue")
+            await asyncio.sleep(self.requeue_delay)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+
+    async def _reply(self, command: Command, body: dict[str, Any]) -> None:
+        assert self._declared is not None
+        d = command.delivery
+        headers = {name: d.headers[name] for name in REPLY_COPIED_HEADERS if name in d.headers}
+        reply = aio_pika.Message(
+            json.dumps(body, separators=(",", ":")).encode(),
+            headers=headers,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=d.saga_id,
+            message_id=uuid.uuid4().hex,
+            timestamp=datetime.now(UTC),
+            app_id=self.name,
+        )
+        await self._declared.replies.publish(reply, routing_key=command.reply_to, mandatory=False)
+
+    async def _reject(self, message: AbstractIncomingMessage, reason: str) -> None:
+        assert self._declared is not None
+        logger.warning(
+            "[%s saga=%s step=%s] rejected command %s: %s",
+            self.name,
+            _header(message, "x-saga-id"),
+            _header(message, "x-saga-step"),
+            message.message_id,
+            reason,
+        )
+        headers = dict(message.headers or {})
+        headers[HEADER_REJECTION] = reason
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+            type=message.type,
+            reply_to=message.reply_to,
+            timestamp=message.timestamp,
+        )
+        try:
+            await self._declared.dead_letter.publish(
+                copy, routing_key=message.routing_key or "", mandatory=False
+            )
+        except Exception:
+            logger.exception("[%s] could not dead-letter a copy: rejecting instead", self.name)
+            with contextlib.suppress(Exception):
+                await message.reject(requeue=False)
+            return
+        await message.ack()
+
+
+def _header(message: AbstractIncomingMessage, name: str) -> Any:
+    value = (message.headers or {}).get(name)
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,67 @@
+"""Helpers shared by the example participants: input checks, delays, the runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from participants import Participant, StepError
+
+__all__ = ["delay_from", "main", "maybe_delay", "require"]
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SLOW = re.compile(r"slow(?::([\w.]+))?", re.IGNORECASE)
+
+#: How long ``slow`` without a duration sleeps.
+DEFAULT_SLOW_SECONDS = 5.0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as ``500ms``, ``3s``, ``1m``.
+
+    Raises:
+        StepError: ``invalid_input`` when the text is not a duration.
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise StepError("invalid_input", f"{text!r} is not a duration such as 500ms, 3s, 1m")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def delay_from(text: str) -> float | None:
+    """The delay a text asks for: ``slow`` → 5 s, ``slow:3s`` → 3 s, otherwise ``None``."""
+    match = _SLOW.search(text)
+    if match is None:
+        return None
+    return parse_duration(match.group(1)) if match.group(1) else DEFAULT_SLOW_SECONDS
+
+
+def require(data: dict[str, Any], key: str, kind: type[T] | tuple[type, ...]) -> T:
+    """``data[key]``, checked to be of ``kind``.
+
+    Raises:
+        StepError: ``invalid_input`` when it is missing or of another type.
+    """
+    value = data.get(key)
+    if value is None or not isinstance(value, kind) or isinstance(value, bool):
+        raise StepError("invalid_input", f"input field {key!r} is missing or not a {kind}")
+    return value  # type: ignore[return-value]
+
+
+async def maybe_delay(data: dict[str, Any]) -> None:
+    """Sleep for the optional ``_delay`` input field (a duration)."""
+    delay = data.get("_delay")
+    if isinstance(delay, str):
+        await asyncio.sleep(parse_duration(delay))
+
+
+def main(build: Callable[..., Participant]) -> None:
+    """Run the participant built by ``build()`` from the environment until SIGTERM/SIGINT."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(build().run())

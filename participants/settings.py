@@ -1,0 +1,41 @@
+"""Participant settings from the environment (``SAGA_*``), as for the coordinator (SPEC §6)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from participants._delivery import MAX_BODY_BYTES
+
+__all__ = ["ParticipantSettings"]
+
+
+class ParticipantSettings(BaseSettings):
+    """Where a participant connects and how it consumes.
+
+    Every field reads ``SAGA_<FIELD>`` from the environment, e.g. ``SAGA_AMQP_URL``,
+    ``SAGA_MONGODB_URL``, ``SAGA_MONGODB_DATABASE``, ``SAGA_EXCHANGE_PREFIX``.
+
+    Attributes:
+        amqp_url: The RabbitMQ URL.
+        mongodb_url: The MongoDB URL of the idempotency records.
+        mongodb_database: The database holding the records.
+        exchange_prefix: The exchange name prefix (SPEC §3).
+        queue: The command queue; default ``<participant>.commands``.
+        prefetch: Commands handled concurrently.
+        delivery_limit: Deliveries of one command before the broker dead-letters it.
+        lease_seconds: How long a claim on an idempotency key holds without renewal.
+        max_body_bytes: The command body size limit.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    mongodb_url: str = "mongodb://127.0.0.1:27017/"
+    mongodb_database: str = "saga"
+    exchange_prefix: str = "saga"
+    queue: str | None = None
+    prefetch: int = Field(default=32, ge=1, le=65535)
+    delivery_limit: int = Field(default=5, ge=1)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
