@@ -2,4 +2,42 @@
 
 Nothing in this package performs I/O, reads a clock or draws random numbers of its own;
 ruff's banned-api rule keeps asyncio, aio_pika, pymongo and fastapi out of it.
+
+    transition = start(definition, SagaStarted(...), random=rng.random)
+    transition = handle(definition, transition.state, ReplyReceived(...), random=rng.random)
+
+The rules, with their table, are in ``transitions.py``.
 """
+
+from .engine import Options, handle, start
+from .messages import (
+    CancelRequested,
+    Input,
+    ReplyReceived,
+    RetryRequested,
+    SagaStarted,
+    TimerFired,
+    Transition,
+    TriggerRepeated,
+)
+from .state import Command, ErrorInfo, HistoryEntry, Phase, SagaState, StepState
+
+__all__ = [
+    "CancelRequested",
+    "Command",
+    "ErrorInfo",
+    "HistoryEntry",
+    "Input",
+    "Options",
+    "Phase",
+    "ReplyReceived",
+    "RetryRequested",
+    "SagaStarted",
+    "SagaState",
+    "StepState",
+    "TimerFired",
+    "Transition",
+    "TriggerRepeated",
+    "handle",
+    "start",
+]

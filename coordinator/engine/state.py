@@ -136,6 +136,8 @@ class SagaState(_Doc):
     outbox: list[Command] = Field(default_factory=list)
     """Commands persisted with a transition and not yet confirmed published."""
     history: list[HistoryEntry] = Field(default_factory=list)
+    history_dropped: int = 0
+    """How many of the oldest history entries were dropped to keep the history bounded."""
 
     @property
     def terminal(self) -> bool:

@@ -1,0 +1,149 @@
+"""Building one command (an outbox entry) for one attempt of a step's action or compensation.
+
+The body is the step's ``input`` (or its compensation's) resolved against the saga: its
+input, its id and key, and the outputs of the steps that succeeded. A reference with no
+value, or a body that is not a JSON object, is not the participant's problem: the caller
+gets an ``ErrorInfo`` back instead of a command and fails the step without sending.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.definition import SagaDefinition
+from schemas.envelope import (
+    HEADER_ATTEMPT,
+    HEADER_DEADLINE,
+    HEADER_IDEMPOTENCY_KEY,
+    HEADER_KIND,
+    HEADER_SAGA_ID,
+    HEADER_SAGA_NAME,
+    HEADER_SAGA_VERSION,
+    HEADER_STEP,
+    HEADER_TRACEPARENT,
+    Kind,
+    idempotency_key,
+)
+from schemas.references import ReferenceMissing, ReferenceSyntaxError, resolve
+
+from .state import Command, ErrorInfo, SagaState
+
+__all__ = [
+    "INVALID_INPUT",
+    "REFERENCE_MISSING",
+    "attempt_timeout",
+    "build_command",
+    "iso_utc",
+    "message_id",
+    "resolution_context",
+]
+
+REFERENCE_MISSING = "reference_missing"
+INVALID_INPUT = "invalid_input"
+
+
+def iso_utc(value: datetime) -> str:
+    """ISO-8601 in UTC with a ``Z``: ``2026-01-02T03:04:05.250000Z``."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat().replace("+00:00", "Z")
+
+
+def message_id(saga_id: str, step: str, kind: Kind, attempt: int) -> str:
+    """Unique per publish of a command: one id per (saga, step, kind, attempt)."""
+    return f"{saga_id}:{step}:{kind}:{attempt}"
+
+
+def resolution_context(state: SagaState) -> dict[str, Any]:
+    """What ``${…}`` references read at run time (``event`` is for triggers only)."""
+    return {
+        "input": state.input,
+        "saga": {"id": state.id, "key": state.key},
+        "steps": {
+            step.name: {"output": step.output} for step in state.steps if step.output is not None
+        },
+    }
+
+
+def build_command(
+    definition: SagaDefinition,
+    state: SagaState,
+    index: int,
+    kind: Kind,
+    attempt: int,
+    *,
+    at: datetime,
+    reply_to: str,
+) -> Command | ErrorInfo:
+    """The command for ``attempt`` of step ``index``'s ``kind``, or why it cannot be built."""
+    step = definition.steps[index]
+    if kind == "action":
+        command, template, where = step.command, step.input, f"steps[{index}].input"
+    else:
+        assert step.compensation is not None
+        command, template = step.compensation.command, step.compensation.input
+        where = f"steps[{index}].compensation.input"
+    try:
+        body = resolve(template, resolution_context(state))
+    except ReferenceMissing as exc:
+        return ErrorInfo(
+            code=REFERENCE_MISSING,
+            message=f"step {step.name!r}: {kind} input {where}: {exc}",
+        )
+    except ReferenceSyntaxError as exc:
+        return ErrorInfo(code=INVALID_INPUT, message=f"step {step.name!r}: {where}: {exc}")
+    if not isinstance(body, dict):
+        return ErrorInfo(
+            code=INVALID_INPUT,
+            message=(
+                f"step {step.name!r}: {kind} input {where} resolved to "
+                f"{type(body).__name__}; a command body must be a JSON object"
+            ),
+        )
+    return Command(
+        message_id=message_id(state.id, step.name, kind, attempt),
+        routing_key=f"{step.participant}.{command}",
+        type=command,
+        reply_to=reply_to,
+        timestamp=at,
+        headers=_headers(
+            definition,
+            state,
+            step.name,
+            kind,
+            attempt,
+            at + attempt_timeout(definition, index, kind),
+        ),
+        body=copy.deepcopy(body),
+    )
+
+
+def attempt_timeout(definition: SagaDefinition, index: int, kind: Kind) -> timedelta:
+    step = definition.steps[index]
+    if kind == "action":
+        return definition.step_timeout(step)
+    return definition.compensation_timeout(step)
+
+
+def _headers(
+    definition: SagaDefinition,
+    state: SagaState,
+    step: str,
+    kind: Kind,
+    attempt: int,
+    deadline: datetime,
+) -> dict[str, str | int]:
+    headers: dict[str, str | int] = {
+        HEADER_SAGA_ID: state.id,
+        HEADER_SAGA_NAME: definition.name,
+        HEADER_SAGA_VERSION: definition.version,
+        HEADER_STEP: step,
+        HEADER_KIND: kind,
+        HEADER_ATTEMPT: attempt,
+        HEADER_IDEMPOTENCY_KEY: idempotency_key(state.id, step, kind),
+        HEADER_DEADLINE: iso_utc(deadline),
+    }
+    if state.traceparent:
+        headers[HEADER_TRACEPARENT] = state.traceparent
+    return headers
