@@ -54,6 +54,10 @@ class Delivery:
         headers: All the command's headers, as received (byte strings decoded).
         command: The command name.
         message_id: The command's AMQP message id, if any.
+        action_output: For a compensation: the output this participant recorded when it
+            performed the action. The coordinator sends ``null`` for references to an
+            action's output when that action timed out (its outcome unknown to it), so a
+            compensation handler falls back on this to find what to undo.
     """
 
     saga_id: str
@@ -65,6 +69,7 @@ class Delivery:
     headers: Mapping[str, Any] = field(default_factory=dict)
     command: str = ""
     message_id: str | None = None
+    action_output: Mapping[str, Any] | None = None
 
     @property
     def action_key(self) -> str:

@@ -24,6 +24,7 @@ Theory of operation, for one command with idempotency key K:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -118,10 +119,13 @@ class Executor:
             return claim
         try:
             if d.kind == "compensation":
-                shortcut = await self._nothing_to_undo(d, log)
-                if shortcut is not None:
-                    body, final = shortcut
+                undo = await self._nothing_to_undo(d, log)
+                if isinstance(undo, tuple):
+                    body, final = undo
                     return await self._settle(claim, body, final, log)
+                command = dataclasses.replace(
+                    command, delivery=dataclasses.replace(d, action_output=undo)
+                )
             body, final = await self._run(handler, command, claim, log)
         except BaseException:
             await asyncio.shield(self.store.release(claim))
@@ -146,7 +150,8 @@ class Executor:
 
     async def _nothing_to_undo(
         self, d: Delivery, log: ContextLogger
-    ) -> tuple[dict[str, Any], bool] | None:
+    ) -> tuple[dict[str, Any], bool] | dict[str, Any]:
+        """The reply when there is nothing to undo, else the action's recorded output."""
         for _ in range(3):
             action = await self.store.get(d.action_key)
             if action is None:
@@ -162,7 +167,9 @@ class Executor:
                     return succeeded(), True
                 continue
             if action.status == "succeeded":
-                return None
+                reply = action.reply or {}
+                output = reply.get("output")
+                return dict(output) if isinstance(output, dict) else {}
             if action.status == "failed":
                 log.info("the action failed: nothing to undo")
                 return succeeded(), True

@@ -100,7 +100,9 @@ def find_references(template: Any) -> Iterator[Reference]:
             yield from find_references(value)
 
 
-def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
+def _lookup(context: Mapping[str, Any], ref: Reference, unknown: frozenset[str]) -> Any:
+    if ref.step is not None and ref.step in unknown:
+        return None
     if ref.root not in context:
         raise ReferenceMissing(ref.text, f"{ref.root!r} is not available here")
     value: Any = context[ref.root]
@@ -124,24 +126,38 @@ def _lookup(context: Mapping[str, Any], ref: Reference) -> Any:
 
 
 def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def resolve(template: Any, context: Mapping[str, Any]) -> Any:
+def resolve(
+    template: Any, context: Mapping[str, Any], *, unknown_steps: frozenset[str] = frozenset()
+) -> Any:
     """Resolve every reference in ``template`` against ``context``.
 
     ``context`` maps roots to data: ``{"input": …, "event": …, "steps": {name: {"output":
     …}}, "saga": {"id": …, "key": …}}``. Raises ``ReferenceMissing`` naming the path.
+
+    ``unknown_steps`` names steps whose outcome is unknown (their last attempt timed out):
+    a reference into their output resolves to ``None`` (JSON null; empty text inside a
+    longer string) instead of failing, so that their compensation can still be sent.
     """
     if isinstance(template, str):
         match = _REF.fullmatch(template)
         if match is not None:
-            return _lookup(context, parse_reference(match.group(1)))
-        return _REF.sub(lambda m: _as_text(_lookup(context, parse_reference(m.group(1)))), template)
+            return _lookup(context, parse_reference(match.group(1)), unknown_steps)
+        return _REF.sub(
+            lambda m: _as_text(_lookup(context, parse_reference(m.group(1)), unknown_steps)),
+            template,
+        )
     if isinstance(template, Mapping):
-        return {key: resolve(value, context) for key, value in template.items()}
+        return {
+            key: resolve(value, context, unknown_steps=unknown_steps)
+            for key, value in template.items()
+        }
     if isinstance(template, list):
-        return [resolve(value, context) for value in template]
+        return [resolve(value, context, unknown_steps=unknown_steps) for value in template]
     return template

@@ -78,14 +78,20 @@ def build_command(
 ) -> Command | ErrorInfo:
     """The command for ``attempt`` of step ``index``'s ``kind``, or why it cannot be built."""
     step = definition.steps[index]
+    unknown: frozenset[str] = frozenset()
     if kind == "action":
         command, template, where = step.command, step.input, f"steps[{index}].input"
     else:
         assert step.compensation is not None
         command, template = step.compensation.command, step.compensation.input
         where = f"steps[{index}].compensation.input"
+        if state.steps[index].output is None:
+            # The action's outcome is unknown (it timed out or was aborted in flight): its
+            # own output reads as null, and the participant finds what to undo by the
+            # action's idempotency key.
+            unknown = frozenset({step.name})
     try:
-        body = resolve(template, resolution_context(state))
+        body = resolve(template, resolution_context(state), unknown_steps=unknown)
     except ReferenceMissing as exc:
         return ErrorInfo(
             code=REFERENCE_MISSING,

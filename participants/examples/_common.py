@@ -8,9 +8,9 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from participants import Participant, StepError
+from participants import Delivery, Participant, StepError
 
-__all__ = ["delay_from", "main", "maybe_delay", "require"]
+__all__ = ["delay_from", "main", "maybe_delay", "require", "undo_target"]
 
 T = TypeVar("T")
 
@@ -52,6 +52,23 @@ def require(data: dict[str, Any], key: str, kind: type[T] | tuple[type, ...]) ->
     if value is None or not isinstance(value, kind) or isinstance(value, bool):
         raise StepError("invalid_input", f"input field {key!r} is missing or not a {kind}")
     return value  # type: ignore[return-value]
+
+
+def undo_target(data: dict[str, Any], key: str, delivery: Delivery) -> str:
+    """What a compensation undoes: ``data[key]``, else the action's recorded output.
+
+    The coordinator sends ``null`` for a timed-out action's output (it never saw it); this
+    participant recorded it when it performed the action.
+
+    Raises:
+        StepError: ``invalid_input`` when neither has it.
+    """
+    value = data.get(key)
+    if value is None and delivery.action_output is not None:
+        value = delivery.action_output.get(key)
+    if not isinstance(value, str):
+        raise StepError("invalid_input", f"input field {key!r} is missing or not a string")
+    return value
 
 
 async def maybe_delay(data: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, StepError
-from participants.examples._common import main, maybe_delay, require
+from participants.examples._common import main, maybe_delay, require, undo_target
 
 __all__ = ["NAME", "build"]
 
@@ -35,7 +35,7 @@ def build(**settings: Any) -> Participant:
     @participant.compensation("cancel_room")
     async def cancel_room(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
         await maybe_delay(input)
-        booking_id = require(input, "booking_id", str)
+        booking_id = undo_target(input, "booking_id", delivery)
         return {"booking_id": booking_id, "cancelled": bookings.pop(booking_id, None) is not None}
 
     return participant

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, StepError
-from participants.examples._common import main, maybe_delay, require
+from participants.examples._common import main, maybe_delay, require, undo_target
 
 __all__ = ["NAME", "build"]
 
@@ -41,7 +41,7 @@ def build(**settings: Any) -> Participant:
     @participant.compensation("release_stock")
     async def release_stock(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
         await maybe_delay(input)
-        reservation_id = require(input, "reservation_id", str)
+        reservation_id = undo_target(input, "reservation_id", delivery)
         released = reservations.pop(reservation_id, None) is not None
         return {"reservation_id": reservation_id, "released": released}
 

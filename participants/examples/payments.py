@@ -7,7 +7,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, RetryableError, StepError
-from participants.examples._common import main, maybe_delay, require
+from participants.examples._common import main, maybe_delay, require, undo_target
 
 __all__ = ["CARD_DECLINED", "CARD_FLAKY", "NAME", "build"]
 
@@ -52,7 +52,7 @@ def build(**settings: Any) -> Participant:
     @participant.compensation("refund")
     async def refund(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
         await maybe_delay(input)
-        charge_id = require(input, "charge_id", str)
+        charge_id = undo_target(input, "charge_id", delivery)
         amount = charges.pop(charge_id, None)
         return {"charge_id": charge_id, "refunded": amount}
 

@@ -174,7 +174,8 @@ def make_inventory(
 
         @inventory.compensation("release_stock")
         async def release(input: dict[str, Any], delivery: Delivery) -> dict[str, Any] | None:
-            return {"released": input.get("reservation_id")}
+            recorded = (delivery.action_output or {}).get("reservation_id")
+            return {"released": input.get("reservation_id") or recorded}
 
         return inventory
 
@@ -298,6 +299,20 @@ async def test_compensation_after_action_calls_the_handler(
     body, _ = await reply_of(broker)
     assert body == {"status": "succeeded", "output": {"released": reservation_id}}
     assert inventory.executions[f"{saga_id}:reserve:compensation"] == 1
+
+
+async def test_compensation_of_a_timed_out_action_gets_its_recorded_output(
+    broker: Broker, inventory: Participant
+) -> None:
+    # The coordinator never saw the action's reply, so it sends null for its output.
+    saga_id = await broker.send("reserve_stock", {"order_id": "o-6"})
+    action, _ = await reply_of(broker)
+    reservation_id = action["output"]["reservation_id"]
+    await broker.send(
+        "release_stock", {"reservation_id": None}, saga_id=saga_id, kind="compensation"
+    )
+    body, _ = await reply_of(broker)
+    assert body == {"status": "succeeded", "output": {"released": reservation_id}}
 
 
 async def test_unknown_command(broker: Broker, inventory: Participant) -> None:
@@ -439,5 +454,7 @@ async def test_compensation_while_the_action_is_in_progress_asks_for_a_retry(
     assert action["status"] == "succeeded"
     await broker.send("release_stock", {}, saga_id=saga_id, kind="compensation", attempt=2)
     body, _ = await reply_of(broker)
-    assert body == {"status": "succeeded", "output": {"released": None}}
+    # The compensation carried no reservation id: the handler undid the recorded one.
+    released = action["output"]["reservation_id"]
+    assert body == {"status": "succeeded", "output": {"released": released}}
     assert inventory.executions[f"{saga_id}:reserve:compensation"] == 1

@@ -118,3 +118,18 @@ def test_a_later_step_whose_reference_is_missing_fails_and_compensates_earlier_o
     assert error is not None and error.code == "reference_missing"
     assert "steps.a.output.id" in error.message and "has no field 'id'" in error.message
     assert talk.state.reason == error
+
+
+def test_a_timed_out_step_is_compensated_with_null_for_its_own_unknown_output() -> None:
+    steps = linear("a", "b", retry={"max_attempts": 1}).model_dump()["steps"]
+    steps[1]["compensation"]["input"] = {
+        "booking": "${steps.b.output.booking_id}",
+        "note": "undo ${steps.b.output.booking_id} of ${steps.a.output.id}",
+    }
+    talk = Conversation(definition({"name": "refs", "version": 1, "steps": steps}))
+    talk.start()
+    talk.succeed("a", {"id": "a-1"})
+    assert talk.fire() == [("compensation", "b", 1)]
+    body = talk.state.outbox[-1].body
+    assert body == {"booking": None, "note": "undo  of a-1"}
+    assert talk.step("b") == "compensating"
