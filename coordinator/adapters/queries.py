@@ -1,0 +1,203 @@
+"""Read-side queries over the ``sagas`` collection: listing with keyset pagination.
+
+Theory of operation
+-------------------
+Sagas are listed newest first, ordered by ``(created_at, _id)`` descending. Both fields are
+set once when the instance is inserted and never change, and ``_id`` is unique, so the order
+is total and stable. A page ends with a cursor encoding the ``(created_at, _id)`` of its last
+item; the next page asks for what sorts strictly after it::
+
+    created_at < t  or  (created_at == t and _id < id)
+
+Inserting or updating other sagas meanwhile cannot move an existing saga across that
+boundary, so paging neither skips nor repeats any saga that existed when it began. Sagas
+created after paging began sort before the first page (their ``created_at`` is later) and
+are not shown; a saga inserted by a replica with a clock running behind may show up, once.
+
+The cursor is opaque to clients: URL-safe base64 of a small JSON object. It carries the
+position only, not the filters, so a client that changes the filters mid-way resumes from the
+same position under the new filters.
+
+The ``(created_at, _id)`` values in a cursor are the stored ones (UTC, millisecond
+precision), read back from the database, so comparisons are exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson.codec_options import CodecOptions
+from pymongo import DESCENDING, AsyncMongoClient, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import PyMongoError
+
+from coordinator.engine.state import ErrorInfo
+from coordinator.errors import StoreUnavailable
+
+__all__ = ["MAX_LIMIT", "InvalidCursor", "SagaListPage", "SagaQueries", "SagaRow"]
+
+MAX_LIMIT = 500
+_CURSOR_VERSION = 1
+_PROJECTION = {
+    "_id": 1,
+    "definition": 1,
+    "definition_version": 1,
+    "key": 1,
+    "status": 1,
+    "reason": 1,
+    "deadline": 1,
+    "created_at": 1,
+    "updated_at": 1,
+}
+_ORDER = [("created_at", DESCENDING), ("_id", DESCENDING)]
+
+Document = dict[str, Any]
+
+
+class InvalidCursor(ValueError):
+    """The ``cursor`` a client sent was not made by ``SagaQueries``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRow:
+    """One saga as listed: everything but its input, steps and history."""
+
+    id: str
+    definition: str
+    definition_version: int
+    key: str | None
+    status: str
+    reason: ErrorInfo | None
+    deadline: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SagaListPage:
+    items: list[SagaRow]
+    next_cursor: str | None
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def encode_cursor(created_at: datetime, saga_id: str) -> str:
+    payload = {"v": _CURSOR_VERSION, "t": _utc(created_at).isoformat(), "id": saga_id}
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor names; raises ``InvalidCursor`` for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+        if payload["v"] != _CURSOR_VERSION or not isinstance(payload["id"], str):
+            raise ValueError(payload)
+        return _utc(datetime.fromisoformat(payload["t"])), payload["id"]
+    except (binascii.Error, ValueError, TypeError, KeyError) as exc:
+        raise InvalidCursor(
+            "the cursor is not one this API returned: pass `next_cursor` from the previous "
+            "page unchanged, or omit `cursor` to start from the newest saga"
+        ) from exc
+
+
+@contextmanager
+def _translate_errors(operation: str) -> Iterator[None]:
+    try:
+        yield
+    except PyMongoError as exc:
+        raise StoreUnavailable(f"MongoDB failed to {operation}: {exc}") from exc
+
+
+def _row(doc: Document) -> SagaRow:
+    reason = doc.get("reason")
+    deadline = doc.get("deadline")
+    return SagaRow(
+        id=str(doc["_id"]),
+        definition=doc["definition"],
+        definition_version=int(doc["definition_version"]),
+        key=doc.get("key"),
+        status=doc["status"],
+        reason=ErrorInfo.model_validate(reason) if reason else None,
+        deadline=_utc(deadline) if isinstance(deadline, datetime) else None,
+        created_at=_utc(doc["created_at"]),
+        updated_at=_utc(doc["updated_at"]),
+    )
+
+
+class SagaQueries:
+    """Listing queries over the ``sagas`` collection that ``MongoSagaStore`` writes."""
+
+    def __init__(self, client: AsyncMongoClient[Any], database: str) -> None:
+        db = client.get_database(
+            database, codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
+        )
+        self._sagas: AsyncCollection[Document] = db["sagas"]
+
+    async def ensure_indexes(self) -> None:
+        """The indexes that serve the listing: newest first, alone or under one filter."""
+        order = [("created_at", DESCENDING), ("_id", DESCENDING)]
+        with _translate_errors("create the listing indexes"):
+            await self._sagas.create_indexes(
+                [
+                    IndexModel(order, name="list_created"),
+                    IndexModel([("definition", 1), *order], name="list_definition_created"),
+                    IndexModel([("status", 1), *order], name="list_status_created"),
+                    IndexModel([("key", 1), *order], name="list_key_created"),
+                ]
+            )
+
+    async def list_sagas(
+        self,
+        *,
+        definition: str | None = None,
+        status: str | None = None,
+        key: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SagaListPage:
+        """One page, newest first; ``next_cursor`` is None on the last page.
+
+        Raises:
+            InvalidCursor: ``cursor`` was not returned by this method.
+            ValueError: ``limit`` is not within 1..500.
+        """
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be within 1..{MAX_LIMIT}, not {limit}")
+        conditions: list[Document] = []
+        for field, value in (("definition", definition), ("status", status), ("key", key)):
+            if value is not None:
+                conditions.append({field: value})
+        if cursor is not None:
+            created_at, saga_id = decode_cursor(cursor)
+            conditions.append(
+                {
+                    "$or": [
+                        {"created_at": {"$lt": created_at}},
+                        {"created_at": created_at, "_id": {"$lt": saga_id}},
+                    ]
+                }
+            )
+        query: Document = (
+            {"$and": conditions} if len(conditions) > 1 else next(iter(conditions), {})
+        )
+        with _translate_errors("list sagas"):
+            docs = (
+                await self._sagas.find(query, _PROJECTION).sort(_ORDER).limit(limit + 1).to_list()
+            )
+        rows = [_row(doc) for doc in docs[:limit]]
+        next_cursor = None
+        if len(docs) > limit:
+            last = rows[-1]
+            next_cursor = encode_cursor(last.created_at, last.id)
+        return SagaListPage(items=rows, next_cursor=next_cursor)
