@@ -63,6 +63,10 @@ class SagaStore(Protocol):
 
     async def load_saga(self, saga_id: str) -> SagaState | None: ...
 
+    async def find_saga(self, definition: str, key: str) -> SagaState | None:
+        """The instance of ``definition`` for business key ``key``, if any."""
+        ...
+
     async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
         """Replace the instance if its stored revision is still ``expected_revision``.
 

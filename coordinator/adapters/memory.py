@@ -94,6 +94,12 @@ class InMemorySagaStore:
         stored = self.sagas.get(saga_id)
         return None if stored is None else stored.model_copy(deep=True)
 
+    async def find_saga(self, definition: str, key: str) -> SagaState | None:
+        for stored in self.sagas.values():
+            if stored.definition == definition and stored.key == key:
+                return stored.model_copy(deep=True)
+        return None
+
     async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
         stored = self.sagas.get(state.id)
         if stored is None or stored.revision != expected_revision:

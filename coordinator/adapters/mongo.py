@@ -298,6 +298,17 @@ class MongoSagaStore:
                     raise
                 raise DuplicateSaga(self._state(existing)) from None
 
+    async def find_saga(self, definition: str, key: str) -> SagaState | None:
+        """The instance of ``definition`` for business key ``key``, if any."""
+        with _translate_errors("find a saga"):
+            doc = await self._sagas.find_one({"definition": definition, "key": key})
+        return None if doc is None else self._state(doc)
+
+    async def drop_database(self) -> None:
+        """Drop the whole database: for throw-away databases (the demo's, tests')."""
+        with _translate_errors("drop the database"):
+            await self._client.drop_database(self._db.name)
+
     async def load_saga(self, saga_id: str) -> SagaState | None:
         with _translate_errors("load a saga"):
             doc = await self._sagas.find_one({"_id": saga_id})

@@ -29,7 +29,9 @@ participant      commands                            injected behaviour (driven 
                  ``cancel_flight`` {booking_id}
 ``hotels``       ``book_room`` {trip_id, hotel,      hotel ``FULL`` → ``no_rooms`` (not
                  nights} → {booking_id};             retryable); ``nights`` < 1 →
-                 ``cancel_room`` {booking_id}        ``invalid_nights``
+                 ``cancel_room`` {booking_id}        ``invalid_nights``; a hotel containing
+                                                     ``slow`` / ``slow:<duration>`` sleeps
+                                                     (5 s / that long) before answering
 ===============  ==================================  ===========================================
 
 A missing or mistyped input field fails with ``invalid_input`` (not retryable) everywhere.

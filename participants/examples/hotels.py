@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, StepError
-from participants.examples._common import main, maybe_delay, require, undo_target
+from participants.examples._common import delay_from, main, maybe_delay, require, undo_target
 
 __all__ = ["NAME", "build"]
 
@@ -26,6 +27,9 @@ def build(**settings: Any) -> Participant:
         nights = require(input, "nights", int)
         if nights < 1:
             raise StepError("invalid_nights", f"{nights} nights: at least one is needed")
+        delay = delay_from(hotel)
+        if delay is not None:
+            await asyncio.sleep(delay)
         if hotel == "FULL":
             raise StepError("no_rooms", f"hotel {hotel} has no rooms left")
         booking_id = f"ht-{uuid.uuid4().hex[:12]}"

@@ -191,6 +191,15 @@ async def test_insert_and_load_round_trip_exactly(store: SagaStore) -> None:
     assert await store.load_saga("missing") is None
 
 
+async def test_find_by_definition_and_key(store: SagaStore) -> None:
+    state = saga("s-1", key="o-1")
+    await store.insert_saga(state)
+    await store.insert_saga(saga("s-2", key="o-2"))
+    assert await store.find_saga(state.definition, "o-1") == state
+    assert await store.find_saga(state.definition, "o-3") is None
+    assert await store.find_saga("other", "o-1") is None
+
+
 async def test_duplicate_key_raises_with_the_existing_instance(store: SagaStore) -> None:
     first = saga("s-1", key="o-1")
     await store.insert_saga(first)
