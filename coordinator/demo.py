@@ -86,7 +86,9 @@ def _samples(run: str) -> list[Sample]:
         "card": CARD_OK,
     }
     return [
-        Sample("an order that completes", "order.placed", order(1, CARD_OK, "1 Main St"), "completed"),
+        Sample(
+            "an order that completes", "order.placed", order(1, CARD_OK, "1 Main St"), "completed"
+        ),
         Sample(
             "a card that fails once, retried, then completes",
             "order.placed",
@@ -124,7 +126,9 @@ def _free_port() -> int:
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 3):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 3
+        ):
             return True
     except OSError:
         return False
@@ -204,11 +208,11 @@ async def _publish_events(settings: CoordinatorSettings, samples: list[Sample]) 
 
 
 async def _wait_for(
-    store: MongoSagaStore, samples: list[Sample], timeout: float
+    store: MongoSagaStore, samples: list[Sample], patience: float
 ) -> dict[str, SagaState | None]:
     """The saga of each sample once it has ended (or as it stands at the timeout)."""
     found: dict[str, SagaState | None] = {sample.key: None for sample in samples}
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         for sample in samples:
             state = await store.find_saga(sample.definition, sample.key)
@@ -243,11 +247,22 @@ def _entry(start: datetime, entry: HistoryEntry) -> str:
     where = entry.step or ""
     if entry.kind is not None and entry.attempt is not None:
         where += f" {entry.kind} #{entry.attempt}"
-    detail = ""
-    if entry.detail:
-        shown = {k: v for k, v in entry.detail.items() if v not in (None, "", {}, [])}
-        detail = "  " + json.dumps(shown, default=str, separators=(", ", ": "))[:100]
-    return f"+{offset:7.3f}s  {entry.event:<26} {where:<34}{detail}".rstrip()
+    return f"+{offset:6.2f}s  {entry.event:<29} {where:<32} {_note(entry)}".rstrip()
+
+
+def _note(entry: HistoryEntry) -> str:
+    """The one detail of a history entry worth a reader's eye."""
+    detail = entry.detail
+    error = detail.get("error")
+    if isinstance(error, dict):
+        return f"{error.get('code')}: {error.get('message', '')}"[:70]
+    if "delay_ms" in detail:
+        return f"in {int(detail['delay_ms']) / 1000:.2f}s"
+    if "reason" in detail:
+        return str(detail["reason"])[:70]
+    if "source" in detail:
+        return str(detail["source"])
+    return ""
 
 
 async def _run(settings: CoordinatorSettings, run: str) -> int:
@@ -264,13 +279,14 @@ async def _run(settings: CoordinatorSettings, run: str) -> int:
             coordinator.result()
             return 1
         print(
-            f"coordinator ready (REST API on http://{settings.http_host}:{settings.http_port}/docs); "
+            "coordinator ready (REST API on "
+            f"http://{settings.http_host}:{settings.http_port}/docs); "
             f"publishing {len(samples)} events on {settings.exchange_prefix}.events\n"
         )
         async with _participants(settings):
             started = time.monotonic()
             await _publish_events(settings, samples)
-            found = await _wait_for(store, samples, timeout=90)
+            found = await _wait_for(store, samples, patience=90)
             elapsed = time.monotonic() - started
         for sample in samples:
             print(_timeline(sample, found[sample.key]))
@@ -293,15 +309,27 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
     """Remove the demo's queues, exchanges and database."""
     prefix = settings.exchange_prefix
     exchanges = Exchanges(prefix)
-    queues = [f"{prefix}.coordinator.events", f"{prefix}.coordinator.replies", f"{prefix}.dead-letter"]
-    queues += [f"{prefix}.{name}.commands" for name in ("inventory", "payments", "shipping", "flights", "hotels")]
+    queues = [
+        f"{prefix}.coordinator.events",
+        f"{prefix}.coordinator.replies",
+        f"{prefix}.dead-letter",
+    ]
+    queues += [
+        f"{prefix}.{name}.commands"
+        for name in ("inventory", "payments", "shipping", "flights", "hotels")
+    ]
     with contextlib.suppress(Exception):
         connection = await aio_pika.connect(settings.amqp_url)
         async with connection:
             channel = await connection.channel()
             for queue in queues:
                 await channel.queue_delete(queue)
-            for exchange in (exchanges.events, exchanges.commands, exchanges.replies, exchanges.dead_letter):
+            for exchange in (
+                exchanges.events,
+                exchanges.commands,
+                exchanges.replies,
+                exchanges.dead_letter,
+            ):
                 await channel.exchange_delete(exchange)
     with contextlib.suppress(Exception):
         await store.drop_database()
