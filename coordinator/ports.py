@@ -74,9 +74,7 @@ class SagaStore(Protocol):
         """
         ...
 
-    async def claim_due(
-        self, now: datetime, lease: timedelta, limit: int
-    ) -> list[SagaState]:
+    async def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[SagaState]:
         """Instances whose ``wake_at`` has come; each claimed by pushing its ``wake_at``
         to ``now + lease`` so that other replicas skip it meanwhile."""
         ...

@@ -71,7 +71,15 @@ def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("secantus") / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [_secantusd(), "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"],
+            [
+                _secantusd(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--storage-path",
+                ":memory:",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
