@@ -33,12 +33,14 @@ from coordinator.adapters.rabbit import IncomingEvent, IncomingReply, RabbitBrok
 from coordinator.api import create_app
 from coordinator.api.auth import parse_api_tokens, warn_if_exposed
 from coordinator.api.context import ApiContext
+from coordinator.api.metrics import install_metrics
 from coordinator.api.v1 import install_rest_api
 from coordinator.definitions.loader import load_definition
 from coordinator.engine.engine import Options
 from coordinator.engine.messages import ReplyReceived
 from coordinator.errors import AdapterError, DefinitionConflict, DefinitionError
 from coordinator.logging import configure_logging
+from coordinator.metrics import SagaMetrics
 from coordinator.service import MessageRejected, SagaService
 from coordinator.settings import CoordinatorSettings
 
@@ -120,6 +122,7 @@ async def serve(
     tokens = parse_api_tokens(settings.api_tokens)  # a bad value stops the start-up
     counter = RoundTripCounter()
     client = make_client(settings.mongodb_url, counter=counter)  # store and queries share it
+    metrics = SagaMetrics(round_trips=lambda: counter.counts)
     store = MongoSagaStore(client, settings.mongodb_database, owns_client=True)
     queries = SagaQueries(client, settings.mongodb_database)
     broker = RabbitBroker(
@@ -129,6 +132,7 @@ async def serve(
         prefetch=settings.prefetch,
         max_message_bytes=settings.max_message_bytes,
         max_deliveries=settings.max_deliveries,
+        observer=metrics,
     )
     try:
         await store.ensure_indexes()
@@ -145,6 +149,8 @@ async def serve(
             timer_lease=timedelta(seconds=settings.timer_lease),
             batch=settings.timer_batch,
             trigger_binder=broker.bind_events,
+            metrics=metrics,
+            state_cache=settings.state_cache,
         )
         if settings.definitions_dir is not None:
             await _register_dir(service, settings.definitions_dir)
@@ -154,7 +160,10 @@ async def serve(
         app = create_app(
             store=store,
             broker_open=lambda: broker.is_open,
-            install=[functools.partial(install_rest_api, context=context)],
+            install=[
+                functools.partial(install_rest_api, context=context),
+                functools.partial(install_metrics, metrics=metrics, in_flight=queries.in_flight),
+            ],
         )
         await _run_until_stopped(settings, app, broker, service, stop, ready)
         log.info(

@@ -5,16 +5,23 @@ Theory of operation
 Every change to an instance is one *transition*, applied the same way whatever caused it
 (a trigger event, a REST call, a reply, a timer, an operator):
 
-1. load the instance (one round trip; a claimed timer brings it along instead);
+1. load the instance: from the bounded in-memory cache of the states this process last
+   saved (no round trip), else one ``find_one`` (a claimed timer brings it along instead);
 2. run the engine, which returns the new state with the emitted commands appended to its
    ``outbox``;
 3. ``save_saga(state, expected_revision)``: one conditional replace. When another writer
    got there first the save writes nothing; the transition is recomputed from a fresh
-   read (bounded retries), so it applies exactly once and is never lost;
+   read (bounded retries), so it applies exactly once and is never lost. A cached state
+   that another replica has since changed is stale in exactly this way: its save fails
+   and the transition is recomputed from a fresh read, so the cache never decides anything
+   a read would not have;
 4. publish the new commands, waiting for the broker's confirms — only after step 3, so no
    command leaves for a change that was not persisted;
 5. queue the published ``(saga id, message id)`` pairs; a background task removes them from
-   the outboxes in one round trip per batch (``clear_outbox``), not one per transition.
+   the outboxes in one round trip per batch (``clear_outbox``), not one per transition. The
+   saga's next save drops them from the stored outbox anyway (step 3 writes the outbox
+   without the entries known to be published), so that save takes them off the queue: only
+   a saga's last commands, or those of a saga that waits, cost a clear.
 
 A crash between 3 and 4 leaves the commands in the outbox; ``relay_unpublished`` sends every
 entry older than ``relay_age`` again (at least once; the idempotency key makes a resend
@@ -30,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random as _random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -54,7 +62,9 @@ from coordinator.errors import (
     UnknownDefinition,
 )
 from coordinator.logging import saga_extra
+from coordinator.metrics import SagaMetrics
 from coordinator.ports import DuplicateSaga, Publisher, SagaStore
+from coordinator.tracing import new_traceparent, valid_traceparent
 from schemas.definition import SagaDefinition
 from schemas.envelope import HEADER_ATTEMPT, HEADER_KIND, HEADER_SAGA_ID, HEADER_STEP
 from schemas.references import ReferenceMissing, resolve
@@ -115,6 +125,9 @@ class SagaService:
         timer_lease: timedelta = timedelta(seconds=30),
         batch: int = 100,
         trigger_binder: TriggerBinder | None = None,
+        metrics: SagaMetrics | None = None,
+        state_cache: int = 10_000,
+        new_trace: Callable[[], str] = new_traceparent,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -127,11 +140,15 @@ class SagaService:
         self._timer_lease = timer_lease
         self._batch = batch
         self._binder = trigger_binder
+        self._metrics = metrics
+        self._new_trace = new_trace
         self.stats = ServiceStats()
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
         self._latest: list[SagaDefinition] = []
         self._latest_loaded_at: datetime | None = None
-        self._to_clear: list[tuple[str, str]] = []
+        self._to_clear: dict[str, list[str]] = {}
+        self._cache_size = state_cache
+        self._cache: OrderedDict[str, SagaState] = OrderedDict()
         self._clear_wakeup = asyncio.Event()
         self._recently_published: dict[str, None] = {}
 
@@ -186,7 +203,8 @@ class SagaService:
             at=self._clock(),
             source=source,
             message_id=message_id,
-            traceparent=traceparent,
+            # An invalid or missing trace context starts a new trace (W3C trace context).
+            traceparent=valid_traceparent(traceparent) or self._new_trace(),
         )
         transition = start(definition, started, options=self._options, random=self._random)
         state = self._prepare(transition.state, None)
@@ -201,7 +219,10 @@ class SagaService:
                 lambda at: TriggerRepeated(at=at, source=source, message_id=message_id),
             )
             return repeated.state, False
+        self._remember(state)
         self.stats.transitions += 1
+        if self._metrics is not None:
+            self._metrics.record_transition(None, state)
         log.info(
             "saga started (%s v%d, key %s, from %s)",
             definition.name,
@@ -329,6 +350,10 @@ class SagaService:
         delivered: tuple[str, str, int] | None = None,
     ) -> Transition:
         state = first
+        cached = False
+        if state is None and (state := self._cache.get(saga_id)) is not None:
+            cached = True
+            self._cache.move_to_end(saga_id)
         for attempt in range(self._conflict_retries):
             if state is None:
                 state = await self._store.load_saga(saga_id)
@@ -344,17 +369,42 @@ class SagaService:
                 random=self._random,
             )
             if not transition.changed:
+                if cached:  # a stale cached state must not decide "nothing to do": read it
+                    self._forget(saga_id)
+                    state, cached = None, False
+                    continue
                 return transition
             new_state = self._prepare(transition.state, expected, delivered)
             if await self._store.save_saga(new_state, expected):
+                self._remember(new_state)
+                self._superseded_clears(new_state)
                 self.stats.transitions += 1
+                if self._metrics is not None:
+                    self._metrics.record_transition(state, new_state)
                 self._log_transition(new_state)
                 await self._publish(transition.commands)
                 return replace(transition, state=new_state)
             self.stats.conflicts += 1
-            state = None
+            self._forget(saga_id)
+            state, cached = None, False
             await asyncio.sleep(self._random() * 0.01 * (attempt + 1))
         raise SagaBusy(saga_id, self._conflict_retries)
+
+    # -- the state cache ----------------------------------------------------------------
+    def _remember(self, state: SagaState) -> None:
+        """Cache the state just saved (never replacing a newer revision); evict the LRU."""
+        if self._cache_size <= 0:
+            return
+        known = self._cache.get(state.id)
+        if known is not None and known.revision > state.revision:
+            return  # a later transition of this process saved first
+        self._cache[state.id] = state
+        self._cache.move_to_end(state.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _forget(self, saga_id: str) -> None:
+        self._cache.pop(saga_id, None)
 
     def _prepare(
         self,
@@ -393,6 +443,8 @@ class SagaService:
     def _log_transition(state: SagaState) -> None:
         entry = state.history[-1] if state.history else None
         level = logging.INFO if state.status != "running" else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
         log.log(
             level,
             "%s → %s",
@@ -424,31 +476,62 @@ class SagaService:
     def _queue_clear(self, commands: Iterable[Command]) -> None:
         for command in commands:
             saga_id = str(command.headers.get(HEADER_SAGA_ID, ""))
-            self._to_clear.append((saga_id, command.message_id))
+            self._to_clear.setdefault(saga_id, []).append(command.message_id)
             self._recently_published[command.message_id] = None
         while len(self._recently_published) > _RECENT_LIMIT:
             del self._recently_published[next(iter(self._recently_published))]
         self._clear_wakeup.set()
 
+    def _superseded_clears(self, saved: SagaState) -> None:
+        """Unqueue the clears ``saved`` made moot: its save wrote the outbox without them."""
+        queued = self._to_clear.get(saved.id)
+        if queued is None:
+            return
+        still = {command.message_id for command in saved.outbox}
+        kept = [message_id for message_id in queued if message_id in still]
+        if kept:
+            self._to_clear[saved.id] = kept
+        else:
+            del self._to_clear[saved.id]
+
+    def _take_clears(self, limit: int) -> list[tuple[str, str]]:
+        batch: list[tuple[str, str]] = []
+        while self._to_clear and len(batch) < limit:
+            saga_id = next(iter(self._to_clear))
+            batch.extend((saga_id, message_id) for message_id in self._to_clear.pop(saga_id))
+        return batch
+
     async def flush_outbox(self) -> int:
         """Clear every queued published entry now, in one round trip per batch."""
         cleared = 0
         while self._to_clear:
-            batch, self._to_clear = self._to_clear[:1000], self._to_clear[1000:]
+            batch = self._take_clears(1000)
             try:
                 await self._store.clear_outbox(batch)
             except BaseException:
-                self._to_clear[:0] = batch
+                requeued: dict[str, list[str]] = {}
+                for saga_id, message_id in batch:
+                    requeued.setdefault(saga_id, []).append(message_id)
+                for saga_id, message_ids in self._to_clear.items():
+                    requeued.setdefault(saga_id, []).extend(message_ids)
+                self._to_clear = requeued
                 raise
             cleared += len(batch)
             self.stats.outbox_cleared += len(batch)
             self.stats.outbox_flushes += 1
         return cleared
 
-    async def run_outbox_clearer(self, retry_delay: float = 1.0) -> None:
-        """Background task: flush queued clears as they come (cancel to stop)."""
+    async def run_outbox_clearer(self, retry_delay: float = 1.0, linger: float = 0.2) -> None:
+        """Background task: flush queued clears in batches (cancel to stop).
+
+        After the first clear is queued it waits ``linger`` seconds: the batch grows, and
+        the sagas that move on meanwhile take their clears off the queue (their next save
+        drops the entries). An entry waiting for its clear is harmless: this process never
+        relays what it published, and others relay only entries older than ``relay_age``.
+        """
         while True:
             await self._clear_wakeup.wait()
+            await asyncio.sleep(linger)
             self._clear_wakeup.clear()
             try:
                 await self.flush_outbox()

@@ -47,6 +47,8 @@ class CoordinatorSettings(BaseSettings):
     """Seconds an outbox entry must be old before the relay publishes it again."""
     definitions_refresh: float = Field(default=5.0, gt=0)
     """Seconds between two reloads of the latest definitions (new trigger bindings)."""
+    state_cache: int = Field(default=10_000, ge=0)
+    """Instance states kept in memory (LRU) to skip the read before a transition; 0: off."""
     shutdown_grace: float = Field(default=10.0, gt=0)
     """Seconds in-flight messages get to finish after SIGTERM."""
     log_level: str = "INFO"

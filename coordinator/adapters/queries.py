@@ -41,7 +41,14 @@ from pymongo.errors import PyMongoError
 from coordinator.engine.state import ErrorInfo
 from coordinator.errors import StoreUnavailable
 
-__all__ = ["MAX_LIMIT", "InvalidCursor", "SagaListPage", "SagaQueries", "SagaRow"]
+__all__ = [
+    "IN_FLIGHT_STATUSES",
+    "MAX_LIMIT",
+    "InvalidCursor",
+    "SagaListPage",
+    "SagaQueries",
+    "SagaRow",
+]
 
 MAX_LIMIT = 500
 _CURSOR_VERSION = 1
@@ -57,6 +64,8 @@ _PROJECTION = {
     "updated_at": 1,
 }
 _ORDER = [("created_at", DESCENDING), ("_id", DESCENDING)]
+IN_FLIGHT_STATUSES = ("running", "compensating", "failed")
+"""Every status but ``completed`` and ``compensated``: what ``in_flight`` counts."""
 
 Document = dict[str, Any]
 
@@ -201,3 +210,27 @@ class SagaQueries:
             last = rows[-1]
             next_cursor = encode_cursor(last.created_at, last.id)
         return SagaListPage(items=rows, next_cursor=next_cursor)
+
+    async def in_flight(self) -> dict[tuple[str, str], int]:
+        """``{(definition, status): count}`` of the sagas not completed nor compensated.
+
+        One aggregation; its ``$match`` on the status uses the ``list_status_created``
+        index, so it reads the unfinished instances only, however many finished ones there
+        are.
+        """
+        pipeline: list[Document] = [
+            {"$match": {"status": {"$in": list(IN_FLIGHT_STATUSES)}}},
+            {
+                "$group": {
+                    "_id": {"definition": "$definition", "status": "$status"},
+                    "count": {"$sum": 1},
+                }
+            },
+        ]
+        with _translate_errors("count the sagas in flight"):
+            cursor = await self._sagas.aggregate(pipeline)
+            groups = await cursor.to_list()
+        return {
+            (str(group["_id"]["definition"]), str(group["_id"]["status"])): int(group["count"])
+            for group in groups
+        }

@@ -16,7 +16,8 @@ Every delivery goes through one path (``_deliver``):
 3. the handler runs; it returns ``None`` (done: ack) or a rejection reason;
 4. a rejected message is published, body and headers unchanged plus ``x-saga-rejection``,
    to the dead-letter exchange with a confirm, and only then acked: it is kept, and never
-   redelivered in a loop.
+   redelivered in a loop. The ``BrokerObserver`` hears of it by a fixed category (the
+   metric's label), and of every command's publish-confirm latency.
 
 ``AdapterError`` from the handler (MongoDB or RabbitMQ unavailable) is not the message's
 fault: the delivery waits and tries again, without counting. Any other exception nacks the
@@ -31,11 +32,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -72,6 +74,7 @@ from schemas.topology import declare_exchanges, queue_arguments
 
 __all__ = [
     "BrokerNames",
+    "BrokerObserver",
     "IncomingEvent",
     "IncomingReply",
     "RabbitBroker",
@@ -111,10 +114,15 @@ def _broker_errors(what: str) -> Iterator[None]:
 
 
 class Undecodable(Exception):
-    """A message breaks the wire contract; ``reason`` goes into ``x-saga-rejection``."""
+    """A message breaks the wire contract; ``reason`` goes into ``x-saga-rejection``.
 
-    def __init__(self, reason: str) -> None:
+    ``category`` is a fixed word for the kind of breach (``too_large``, ``not_json``, …):
+    the label of the dead-letter metric, where the free-text reason would not do.
+    """
+
+    def __init__(self, reason: str, category: str) -> None:
         self.reason = reason
+        self.category = category
         super().__init__(reason)
 
 
@@ -169,14 +177,15 @@ def _text(value: Any) -> str | None:
 def _json_object(raw: RawMessage, max_bytes: int) -> dict[str, Any]:
     if len(raw.body) > max_bytes:
         raise Undecodable(
-            f"message of {len(raw.body)} bytes is over the limit of {max_bytes} bytes"
+            f"message of {len(raw.body)} bytes is over the limit of {max_bytes} bytes",
+            "too_large",
         )
     try:
         body = json.loads(raw.body)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise Undecodable(f"body is not JSON: {exc}") from exc
+        raise Undecodable(f"body is not JSON: {exc}", "not_json") from exc
     if not isinstance(body, dict):
-        raise Undecodable(f"body is a JSON {type(body).__name__}, not a JSON object")
+        raise Undecodable(f"body is a JSON {type(body).__name__}, not a JSON object", "not_object")
     return body
 
 
@@ -184,7 +193,7 @@ def decode_event(raw: RawMessage, *, max_bytes: int) -> IncomingEvent:
     """An event: any JSON object; its type is the routing key."""
     body = _json_object(raw, max_bytes)
     if not raw.routing_key:
-        raise Undecodable("event without a routing key (the event type)")
+        raise Undecodable("event without a routing key (the event type)", "missing_routing_key")
     return IncomingEvent(
         event_type=raw.routing_key,
         body=body,
@@ -196,7 +205,7 @@ def decode_event(raw: RawMessage, *, max_bytes: int) -> IncomingEvent:
 def _required(raw: RawMessage, name: str) -> str:
     value = _text(raw.headers.get(name))
     if not value:
-        raise Undecodable(f"reply without the {name} header")
+        raise Undecodable(f"reply without the {name} header", "missing_header")
     return value
 
 
@@ -207,26 +216,35 @@ def decode_reply(raw: RawMessage, *, max_bytes: int) -> IncomingReply:
     step = _required(raw, HEADER_STEP)
     kind = _required(raw, HEADER_KIND)
     if kind not in ("action", "compensation"):
-        raise Undecodable(f"{HEADER_KIND} is {kind!r}; expected action or compensation")
+        raise Undecodable(
+            f"{HEADER_KIND} is {kind!r}; expected action or compensation", "bad_header"
+        )
     attempt_value = raw.headers.get(HEADER_ATTEMPT)
     if isinstance(attempt_value, bytes | str) and _text(attempt_value):
         text = _text(attempt_value) or ""
         attempt_value = int(text) if text.isdigit() else text
     if attempt_value is None:
-        raise Undecodable(f"reply without the {HEADER_ATTEMPT} header")
+        raise Undecodable(f"reply without the {HEADER_ATTEMPT} header", "missing_header")
     if isinstance(attempt_value, bool) or not isinstance(attempt_value, int) or attempt_value < 1:
-        raise Undecodable(f"{HEADER_ATTEMPT} is {attempt_value!r}; expected an integer >= 1")
+        raise Undecodable(
+            f"{HEADER_ATTEMPT} is {attempt_value!r}; expected an integer >= 1", "bad_header"
+        )
     if raw.correlation_id and raw.correlation_id != saga_id:
         raise Undecodable(
-            f"correlation_id {raw.correlation_id!r} differs from {HEADER_SAGA_ID} {saga_id!r}"
+            f"correlation_id {raw.correlation_id!r} differs from {HEADER_SAGA_ID} {saga_id!r}",
+            "bad_header",
         )
     key = _text(raw.headers.get(HEADER_IDEMPOTENCY_KEY))
     expected_key = idempotency_key(saga_id, step, cast(Kind, kind))
     if key is not None and key != expected_key:
-        raise Undecodable(f"{HEADER_IDEMPOTENCY_KEY} is {key!r}; the headers name {expected_key!r}")
+        raise Undecodable(
+            f"{HEADER_IDEMPOTENCY_KEY} is {key!r}; the headers name {expected_key!r}", "bad_header"
+        )
     status = body.get("status")
     if status not in ("succeeded", "failed"):
-        raise Undecodable(f"unknown reply status {status!r}; expected succeeded or failed")
+        raise Undecodable(
+            f"unknown reply status {status!r}; expected succeeded or failed", "unknown_status"
+        )
     try:
         reply = _REPLY.validate_python(body)
     except ValidationError as exc:
@@ -235,7 +253,7 @@ def decode_reply(raw: RawMessage, *, max_bytes: int) -> IncomingReply:
             f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
-        raise Undecodable(f"invalid reply body: {problems}") from exc
+        raise Undecodable(f"invalid reply body: {problems}", "bad_body") from exc
     return IncomingReply(
         saga_id=saga_id,
         step=step,
@@ -268,6 +286,26 @@ EventHandler = Callable[[IncomingEvent], Awaitable[str | None]]
 ReplyHandler = Callable[[IncomingReply], Awaitable[str | None]]
 
 
+class BrokerObserver(Protocol):
+    """What the broker reports for metrics (``coordinator.metrics.SagaMetrics``)."""
+
+    def dead_lettered(self, queue: str, category: str) -> None:
+        """A message of ``queue`` (``events`` or ``replies``) was dead-lettered."""
+        ...
+
+    def confirmed(self, seconds: float) -> None:
+        """A command was confirmed by the broker ``seconds`` after it was published."""
+        ...
+
+
+class _NoObserver:
+    def dead_lettered(self, queue: str, category: str) -> None:
+        pass
+
+    def confirmed(self, seconds: float) -> None:
+        pass
+
+
 class BrokerNames:
     """Exchange and queue names under one prefix."""
 
@@ -293,8 +331,10 @@ class RabbitBroker:
         max_deliveries: int = 5,
         retry_delay: float = 1.0,
         publish_timeout: float = 15.0,
+        observer: BrokerObserver | None = None,
     ) -> None:
         self.url = url
+        self.observer: BrokerObserver = observer if observer is not None else _NoObserver()
         self.names = BrokerNames(prefix, reply_to)
         self.prefetch = prefetch
         self.max_message_bytes = max_message_bytes
@@ -383,10 +423,14 @@ class RabbitBroker:
             return
         assert self._commands is not None, "connect() first"
         exchange = self._commands
+
+        async def publish(command: Command) -> None:
+            began = time.monotonic()
+            await exchange.publish(encode_command(command), routing_key=command.routing_key)
+            self.observer.confirmed(time.monotonic() - began)
+
         with _broker_errors("publish"):
-            await asyncio.gather(
-                *(exchange.publish(encode_command(c), routing_key=c.routing_key) for c in commands)
-            )
+            await asyncio.gather(*(publish(c) for c in commands))
         self.published += len(commands)
 
     async def dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
@@ -418,12 +462,18 @@ class RabbitBroker:
 
         async def events(message: AbstractIncomingMessage) -> None:
             await self._deliver(
-                message, lambda raw: decode_event(raw, max_bytes=max_bytes), on_event
+                message,
+                lambda raw: decode_event(raw, max_bytes=max_bytes),
+                on_event,
+                ("events", "bad_trigger_key"),
             )
 
         async def replies(message: AbstractIncomingMessage) -> None:
             await self._deliver(
-                message, lambda raw: decode_reply(raw, max_bytes=max_bytes), on_reply
+                message,
+                lambda raw: decode_reply(raw, max_bytes=max_bytes),
+                on_reply,
+                ("replies", "other"),
             )
 
         with _broker_errors("consume"):
@@ -450,11 +500,13 @@ class RabbitBroker:
         message: AbstractIncomingMessage,
         decode: Callable[[RawMessage], T],
         handler: Callable[[T], Awaitable[str | None]],
+        labels: tuple[str, str],
     ) -> None:
+        """``labels``: the queue's metric label, and the category of a handler's rejection."""
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._process(message, decode, handler)
+            await self._process(message, decode, handler, labels)
         except AdapterError as exc:
             # Could not even ack / nack / dead-letter: the broker redelivers it later.
             log.warning("message %s left unacknowledged: %s", message.message_id, exc)
@@ -468,17 +520,23 @@ class RabbitBroker:
         message: AbstractIncomingMessage,
         decode: Callable[[RawMessage], T],
         handler: Callable[[T], Awaitable[str | None]],
+        labels: tuple[str, str],
     ) -> None:
+        queue, rejected_category = labels
         try:
             decoded = decode(RawMessage.from_amqp(message))
         except Undecodable as rejected:
-            await self._reject(message, rejected.reason)
+            await self._reject(message, rejected.reason, (queue, rejected.category))
             return
         tracking = message.message_id or f"tag:{message.delivery_tag}"
         count = _delivery_count(message)
         if count >= self.max_deliveries:
             last = self._last_error.pop(tracking, "unknown (another process)")
-            await self._reject(message, f"failed {count} deliveries; last error: {last}"[:1000])
+            await self._reject(
+                message,
+                f"failed {count} deliveries; last error: {last}"[:1000],
+                (queue, "delivery_limit"),
+            )
             return
         while True:
             try:
@@ -505,11 +563,13 @@ class RabbitBroker:
                 return
         self._last_error.pop(tracking, None)
         if reason is not None:
-            await self._reject(message, reason)
+            await self._reject(message, reason, (queue, rejected_category))
         else:
             await self._settle(message.ack())
 
-    async def _reject(self, message: AbstractIncomingMessage, reason: str) -> None:
+    async def _reject(
+        self, message: AbstractIncomingMessage, reason: str, labels: tuple[str, str]
+    ) -> None:
         log.warning(
             "dead-lettering message %s from %s: %s",
             message.message_id,
@@ -522,6 +582,7 @@ class RabbitBroker:
         except BrokerUnavailable:
             await self._settle(message.nack(requeue=True))
             raise
+        self.observer.dead_lettered(*labels)
         await self._settle(message.ack())
 
     @staticmethod

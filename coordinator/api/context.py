@@ -55,8 +55,12 @@ class SagaCommands(Protocol):
         version: int | None = None,
         key: str | None = None,
         source: str = "api",
+        traceparent: str | None = None,
     ) -> tuple[SagaState, bool]:
-        """Start an instance; returns it and whether it is new (False: the key was used)."""
+        """Start an instance; returns it and whether it is new (False: the key was used).
+
+        ``traceparent`` is the caller's W3C trace context; without a valid one the saga
+        gets a fresh trace."""
         ...
 
     async def cancel(self, saga_id: str, reason: str) -> Transition: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
 from coordinator.adapters.queries import MAX_LIMIT, InvalidCursor, SagaRow
 from coordinator.api.auth import AuthorizedRoute
@@ -153,9 +153,25 @@ def _accepted(transition: Transition) -> SagaOut:
         503: _PROBLEM,
     },
 )
-async def start_saga(body: StartSagaRequest, response: Response, context: Context) -> SagaOut:
+async def start_saga(
+    body: StartSagaRequest,
+    response: Response,
+    context: Context,
+    traceparent: Annotated[
+        str | None,
+        Header(
+            description="W3C trace context carried to every command of the saga; "
+            "a fresh one is made when absent or invalid.",
+        ),
+    ] = None,
+) -> SagaOut:
     state, created = await context.service.start_saga(
-        body.definition, body.input, version=body.version, key=body.key, source="api"
+        body.definition,
+        body.input,
+        version=body.version,
+        key=body.key,
+        source="api",
+        traceparent=traceparent,
     )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/sagas/{state.id}"

@@ -129,11 +129,34 @@ def handle(
         names = ", ".join(kind.__name__ for kind in _INPUTS)
         raise InvalidTransition(f"handle() takes one of {names}, not {type(message).__name__}")
     at = _time(message.at)
-    run = Run(definition, state.model_copy(deep=True), at, options.reply_to, random)
+    run = Run(definition, _working_copy(state), at, options.reply_to, random)
     changed, refused = transitions.apply(run, message)
     if not changed:
         return Transition(state=state, commands=[], refused=None, changed=False)
     return _finish(run, options, refused=refused)
+
+
+def _working_copy(state: SagaState) -> SagaState:
+    """A copy of ``state`` that the transitions may change without touching ``state``.
+
+    Not a deep copy, which costs more than the rest of a transition once the history has
+    grown: the transitions assign the fields of the state, its steps and their phases, and
+    append to (or trim) the history and the outbox, but never change an entry, an output,
+    an error or the input in place. So those containers are copied, and what they hold is
+    shared.
+    """
+    steps = [
+        step.model_copy(
+            update={
+                "action": step.action.model_copy(),
+                "compensation": step.compensation.model_copy(),
+            }
+        )
+        for step in state.steps
+    ]
+    return state.model_copy(
+        update={"steps": steps, "history": list(state.history), "outbox": list(state.outbox)}
+    )
 
 
 def _finish(run: Run, options: Options, *, refused: str | None) -> Transition:

@@ -205,9 +205,12 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliverie
     await broker.event("manual.go", {"id": "m-1"})
     command = await next_command(queue)
     # Break the instance: its definition version no longer exists, so every delivery of
-    # the reply fails with an error that is nobody's fault but the data's.
+    # the reply fails with an error that is nobody's fault but the data's. Raise the
+    # revision, as every writer must: the coordinator caches the states it saved and
+    # notices another writer only by the revision.
     await sagas.collection.update_one(
-        {"_id": command.correlation_id}, {"$set": {"definition_version": 99}}
+        {"_id": command.correlation_id},
+        {"$set": {"definition_version": 99}, "$inc": {"revision": 1}},
     )
     ok = {"status": "succeeded", "output": {}}
     await broker.reply(ok, reply_headers(command), message_id="doomed")
