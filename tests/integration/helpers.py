@@ -93,7 +93,7 @@ class Coordinator:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    async def wait_ready(self, within: float = 30.0) -> None:
+    async def wait_ready(self, within: float = 60.0) -> None:
         """Poll ``/readyz`` until 200; fail with the log if the process exits first."""
         deadline = time.monotonic() + within
         async with httpx.AsyncClient(timeout=1.0) as client:
