@@ -392,8 +392,16 @@ class SagaService:
 
     # -- the state cache ----------------------------------------------------------------
     def _remember(self, state: SagaState) -> None:
-        """Cache the state just saved (never replacing a newer revision); evict the LRU."""
+        """Cache the state just saved (never replacing a newer revision); evict the LRU.
+
+        A finished saga (completed, compensated, or failed and waiting for an operator) is
+        dropped instead: it rarely moves again, and a late reply or an operator can afford
+        the read. So the cache holds the sagas in flight, not the history of the service.
+        """
         if self._cache_size <= 0:
+            return
+        if state.terminal or state.status == "failed":
+            self._cache.pop(state.id, None)
             return
         known = self._cache.get(state.id)
         if known is not None and known.revision > state.revision:

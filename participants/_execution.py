@@ -136,13 +136,14 @@ class Executor:
         fields = {"saga_id": d.saga_id, "step": d.step, "kind": d.kind, "command": d.command}
         waited = False
         while True:
+            # Claim first: a new key (the usual case) costs one round trip, not a read too.
+            claim = await self.store.claim(d.idempotency_key, attempt=d.attempt, **fields)
+            if claim is not None:
+                return claim
             record = await self.store.get(d.idempotency_key)
             if record is not None and record.final and record.reply is not None:
                 log.info("repeated idempotency key: replying the stored %s", record.status)
                 return record.reply
-            claim = await self.store.claim(d.idempotency_key, attempt=d.attempt, **fields)
-            if claim is not None:
-                return claim
             if not waited:
                 log.info("a duplicate of this command is in progress: waiting for its outcome")
                 waited = True

@@ -132,3 +132,15 @@ async def test_the_next_save_takes_the_previous_clear_off_the_queue() -> None:
     assert [c.routing_key for c in store.sagas[saga.id].outbox] == ["b.charge"]
     assert await a.flush_outbox() == 1
     assert store.sagas[saga.id].outbox == []
+
+
+async def test_a_finished_saga_leaves_the_cache() -> None:
+    a, _, store, _, _ = await two_replicas()
+    saga, _ = await a.start_saga("order", {}, key="k")
+    await a.on_reply(saga.id, succeeded("reserve"))
+    await a.on_reply(saga.id, succeeded("charge"))
+    assert store.sagas[saga.id].status == "completed" and store.loads == 0
+    # A late duplicate is read from the store, recorded, and changes nothing else.
+    late = await a.on_reply(saga.id, succeeded("charge"))
+    assert late is not None and events(late.state)[-1] == "reply.ignored"
+    assert store.loads == 1
