@@ -91,7 +91,8 @@ async def saga_loop(
     prefetch: int,
 ) -> dict[str, Any]:
     connection = await aio_pika.connect_robust(amqp_url)
-    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url)
+    # Journaled writes, as the coordinator's: the same durability per step.
+    mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongodb_url, journal=True)
     try:
         publish_channel = await connection.channel(publisher_confirms=True)
         consume_channel = await connection.channel()

@@ -14,14 +14,16 @@ non-retryable ``failed``) that every later duplicate gets replied again, or *rel
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError
 
 __all__ = ["Claim", "OutcomeStore", "Record"]
 
@@ -81,7 +83,12 @@ class OutcomeStore:
         collection: str = "participant_outcomes",
         lease: timedelta = timedelta(seconds=30),
     ) -> None:
-        self._collection: AsyncCollection[dict[str, Any]] = client[database][collection]
+        # Journaled writes: a record the database acknowledged survives its crash, so a
+        # handler never runs twice because its outcome was silently lost.
+        concern = WriteConcern(**{**client.write_concern.document, "j": True})
+        self._collection: AsyncCollection[dict[str, Any]] = client[database].get_collection(
+            collection, write_concern=concern
+        )
         self.participant = participant
         self.lease = lease
 
@@ -144,19 +151,33 @@ class OutcomeStore:
         return result.matched_count == 1
 
     async def finish(self, claim: Claim, status: Status, reply: dict[str, Any]) -> bool:
-        """Store the final outcome of ``claim``; ``False`` if the claim was lost."""
-        result = await self._collection.update_one(
-            {"_id": claim.key, "owner": claim.owner, "status": "in_progress"},
-            {
-                "$set": {
-                    "status": status,
-                    "reply": reply,
-                    "lease_until": None,
-                    "updated_at": _now(),
-                }
-            },
-        )
-        return result.matched_count == 1
+        """Store the final outcome of ``claim``; ``False`` if the claim was lost.
+
+        The handler has run by now, so losing its outcome would run it again on the next
+        delivery: a connection failure is retried for up to the lease, then raised.
+        """
+        deadline = time.monotonic() + self.lease.total_seconds()
+        delay = 0.1
+        while True:
+            try:
+                result = await self._collection.update_one(
+                    {"_id": claim.key, "owner": claim.owner, "status": "in_progress"},
+                    {
+                        "$set": {
+                            "status": status,
+                            "reply": reply,
+                            "lease_until": None,
+                            "updated_at": _now(),
+                        }
+                    },
+                )
+            except ConnectionFailure:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            return result.matched_count == 1
 
     async def release(self, claim: Claim) -> None:
         """Give ``claim`` up without a final outcome (the next attempt runs again)."""

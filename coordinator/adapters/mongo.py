@@ -35,7 +35,7 @@ from typing import Any, Literal
 from uuid import uuid4
 
 from bson.codec_options import CodecOptions
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from pymongo.monitoring import (
@@ -138,6 +138,17 @@ def make_client(
     return AsyncMongoClient(url, **kwargs)
 
 
+def journaled(concern: WriteConcern) -> WriteConcern:
+    """``concern`` (the URL's ``w``, ``wtimeoutMS``…) with ``j=True``.
+
+    A write is acknowledged only once it is in the server's journal, so a crash of the
+    database after the acknowledgement cannot undo it (SPEC §4: a transition, once
+    acknowledged, is never lost). Without it a standalone server may lose acknowledged writes
+    on a hard crash.
+    """
+    return WriteConcern(**{**concern.document, "j": True})
+
+
 @contextmanager
 def _translate_errors(operation: str) -> Iterator[None]:
     try:
@@ -156,7 +167,9 @@ class MongoSagaStore:
         self._client = client
         self._owns_client = owns_client
         db = client.get_database(
-            database, codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC)
+            database,
+            codec_options=CodecOptions(document_class=dict, tz_aware=True, tzinfo=UTC),
+            write_concern=journaled(client.write_concern),
         )
         self._db = db
         self._definitions_coll: AsyncCollection[Document] = db["definitions"]
