@@ -41,6 +41,7 @@ from coordinator.engine.messages import ReplyReceived
 from coordinator.errors import AdapterError, DefinitionConflict, DefinitionError
 from coordinator.logging import configure_logging
 from coordinator.metrics import SagaMetrics
+from coordinator.otel import OtelUnavailable, build_spans
 from coordinator.service import MessageRejected, SagaService
 from coordinator.settings import CoordinatorSettings
 
@@ -88,7 +89,7 @@ def run() -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(_main(settings))
-    except (AdapterError, ValueError, OSError) as exc:
+    except (AdapterError, ValueError, OSError, OtelUnavailable) as exc:
         log.error("cannot run: %s", exc)
         return 1
     return 0
@@ -120,6 +121,7 @@ async def serve(
         ValueError: ``api_tokens`` cannot be parsed.
     """
     tokens = parse_api_tokens(settings.api_tokens)  # a bad value stops the start-up
+    spans = build_spans(settings.otel_enabled)  # OtelUnavailable stops the start-up
     counter = RoundTripCounter()
     client = make_client(settings.mongodb_url, counter=counter)  # store and queries share it
     metrics = SagaMetrics(round_trips=lambda: counter.counts)
@@ -150,6 +152,7 @@ async def serve(
             batch=settings.timer_batch,
             trigger_binder=broker.bind_events,
             metrics=metrics,
+            spans=spans,
             state_cache=settings.state_cache,
         )
         if settings.definitions_dir is not None:

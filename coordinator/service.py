@@ -63,6 +63,7 @@ from coordinator.errors import (
 )
 from coordinator.logging import saga_extra
 from coordinator.metrics import SagaMetrics
+from coordinator.otel import TransitionObserver
 from coordinator.ports import DuplicateSaga, Publisher, SagaStore
 from coordinator.tracing import new_traceparent, valid_traceparent
 from schemas.definition import SagaDefinition
@@ -126,6 +127,7 @@ class SagaService:
         batch: int = 100,
         trigger_binder: TriggerBinder | None = None,
         metrics: SagaMetrics | None = None,
+        spans: TransitionObserver | None = None,
         state_cache: int = 10_000,
         new_trace: Callable[[], str] = new_traceparent,
     ) -> None:
@@ -140,7 +142,9 @@ class SagaService:
         self._timer_lease = timer_lease
         self._batch = batch
         self._binder = trigger_binder
-        self._metrics = metrics
+        self._observers: list[TransitionObserver] = [
+            observer for observer in (metrics, spans) if observer is not None
+        ]
         self._new_trace = new_trace
         self.stats = ServiceStats()
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
@@ -221,8 +225,8 @@ class SagaService:
             return repeated.state, False
         self._remember(state)
         self.stats.transitions += 1
-        if self._metrics is not None:
-            self._metrics.record_transition(None, state)
+        for observer in self._observers:
+            observer.record_transition(None, state)
         log.info(
             "saga started (%s v%d, key %s, from %s)",
             definition.name,
@@ -379,8 +383,8 @@ class SagaService:
                 self._remember(new_state)
                 self._superseded_clears(new_state)
                 self.stats.transitions += 1
-                if self._metrics is not None:
-                    self._metrics.record_transition(state, new_state)
+                for observer in self._observers:
+                    observer.record_transition(state, new_state)
                 self._log_transition(new_state)
                 await self._publish(transition.commands)
                 return replace(transition, state=new_state)

@@ -53,3 +53,5 @@ class CoordinatorSettings(BaseSettings):
     """Seconds in-flight messages get to finish after SIGTERM."""
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    otel_enabled: bool = False
+    """Export a span per transition over OTLP (needs the ``otel`` extra)."""
