@@ -252,14 +252,20 @@ class Participant:
                 loop.remove_signal_handler(sig)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-        try:
-            await self._process(message)
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+        # aiormq runs this callback in a task of the channel and cancels it when the
+        # connection is lost. The handler must not be cut off midway (its claim released,
+        # the redelivery would run it again): it runs in a task of its own, which only
+        # ``stop()`` cancels. A lost connection just loses the ack; the redelivered copy
+        # waits for the stored outcome and replies it.
+        task = asyncio.create_task(self._process(message))
+        self._inflight.add(task)
+        task.add_done_callback(self._processed)
+        await asyncio.shield(task)
+
+    def _processed(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("[%s] a command failed", self.name, exc_info=task.exception())
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
