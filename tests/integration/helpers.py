@@ -302,14 +302,37 @@ async def running(*items: Participant) -> AsyncIterator[None]:
         yield
 
 
-def succeeding(recorder: Recorder, output: dict[str, Any] | None = None) -> Handler:
-    """A handler that records its execution and succeeds."""
+def succeeding(
+    recorder: Recorder, output: dict[str, Any] | None = None, *, delay: float = 0.0
+) -> Handler:
+    """A handler that records its execution, takes ``delay`` seconds and succeeds."""
 
     async def handler(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
         recorder.note(delivery)
+        if delay:
+            await asyncio.sleep(delay)
         return dict(output or {"id": f"{delivery.step}-{delivery.saga_id}"})
 
     return handler
+
+
+#: A two-step saga for the crash tests: many instances in flight, one compensation.
+LOAD = """
+name: load
+version: 1
+trigger: {event: order.placed, key: "${event.order_id}"}
+defaults:
+  timeout: 20s
+  retry: {max_attempts: 3, backoff: 200ms, multiplier: 1.0}
+steps:
+  - name: reserve
+    participant: a
+    command: reserve
+    compensation: {command: release}
+  - name: charge
+    participant: b
+    command: charge
+"""
 
 
 def write(definitions_dir: Path, name: str, text: str) -> None:

@@ -22,43 +22,26 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
-from participants import Delivery, Participant
+from participants import Participant
 from tests.integration.helpers import (
+    LOAD,
     TERMINAL,
     Broker,
     Coordinator,
-    Handler,
     Recorder,
     Sagas,
     history_events,
     running,
+    succeeding,
     write,
 )
 
 pytestmark = pytest.mark.integration
-
-LOAD = """
-name: load
-version: 1
-trigger: {event: order.placed, key: "${event.order_id}"}
-defaults:
-  timeout: 20s
-  retry: {max_attempts: 3, backoff: 200ms, multiplier: 1.0}
-steps:
-  - name: reserve
-    participant: a
-    command: reserve
-    compensation: {command: release}
-  - name: charge
-    participant: b
-    command: charge
-"""
 
 
 def _rabbitmqctl(amqp_url: str) -> str:
@@ -97,17 +80,6 @@ def _close_all_connections(exe: str) -> None:
     assert done.returncode == 0, f"rabbitmqctl failed:\n{done.stdout}\n{done.stderr}"
 
 
-def slow_success(recorder: Recorder, delay: float) -> Handler:
-    """Records its execution, takes ``delay`` seconds, succeeds: sagas stay in flight."""
-
-    async def handler(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        recorder.note(delivery)
-        await asyncio.sleep(delay)
-        return {"id": f"{delivery.step}-{delivery.saga_id}"}
-
-    return handler
-
-
 async def test_losing_every_broker_connection_finishes_every_saga_once(
     amqp_url: str,
     coordinators: Callable[..., Coordinator],
@@ -121,9 +93,9 @@ async def test_losing_every_broker_connection_finishes_every_saga_once(
     total = 60
     recorder = Recorder()
     a, b = participants("a"), participants("b")
-    a.action("reserve")(slow_success(recorder, 1.0))
-    a.compensation("release")(slow_success(recorder, 0.0))
-    b.action("charge")(slow_success(recorder, 1.0))
+    a.action("reserve")(succeeding(recorder, delay=1.0))
+    a.compensation("release")(succeeding(recorder))
+    b.action("charge")(succeeding(recorder, delay=1.0))
     coordinator = coordinators().start()
     async with running(a, b):
         await coordinator.wait_ready()

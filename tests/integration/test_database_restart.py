@@ -26,38 +26,22 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
-from participants import Delivery, Participant
+from participants import Participant
 from tests.integration.helpers import (
+    LOAD,
     TERMINAL,
     Broker,
     Coordinator,
-    Handler,
     Recorder,
     Sagas,
     free_port,
     history_events,
     running,
+    succeeding,
     write,
 )
 
 pytestmark = pytest.mark.integration
-
-LOAD = """
-name: load
-version: 1
-trigger: {event: order.placed, key: "${event.order_id}"}
-defaults:
-  timeout: 20s
-  retry: {max_attempts: 3, backoff: 200ms, multiplier: 1.0}
-steps:
-  - name: reserve
-    participant: a
-    command: reserve
-    compensation: {command: release}
-  - name: charge
-    participant: b
-    command: charge
-"""
 
 
 class DatabaseServer:
@@ -133,17 +117,6 @@ def mongodb_url(database_server: DatabaseServer) -> str:
     return database_server.url
 
 
-def slow_success(recorder: Recorder, delay: float) -> Handler:
-    """Records its execution, takes ``delay`` seconds, succeeds: sagas stay in flight."""
-
-    async def handler(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        recorder.note(delivery)
-        await asyncio.sleep(delay)
-        return {"id": f"{delivery.step}-{delivery.saga_id}"}
-
-    return handler
-
-
 async def test_kill_9_of_the_database_then_restart_finishes_every_saga_once(
     database_server: DatabaseServer,
     coordinators: Callable[..., Coordinator],
@@ -156,9 +129,9 @@ async def test_kill_9_of_the_database_then_restart_finishes_every_saga_once(
     total = 60
     recorder = Recorder()
     a, b = participants("a"), participants("b")
-    a.action("reserve")(slow_success(recorder, 0.3))
-    a.compensation("release")(slow_success(recorder, 0.0))
-    b.action("charge")(slow_success(recorder, 0.3))
+    a.action("reserve")(succeeding(recorder, delay=0.3))
+    a.compensation("release")(succeeding(recorder))
+    b.action("charge")(succeeding(recorder, delay=0.3))
     # A short server selection timeout: during the outage the coordinator's store calls fail
     # with StoreUnavailable (retried) instead of waiting 30 s for the server to come back.
     coordinator = coordinators(

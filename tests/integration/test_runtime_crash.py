@@ -13,6 +13,7 @@ import pytest
 
 from participants import Participant
 from tests.integration.helpers import (
+    LOAD,
     Broker,
     Coordinator,
     Recorder,
@@ -24,23 +25,6 @@ from tests.integration.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-LOAD = """
-name: load
-version: 1
-trigger: {event: order.placed, key: "${event.order_id}"}
-defaults:
-  timeout: 20s
-  retry: {max_attempts: 3, backoff: 200ms, multiplier: 1.0}
-steps:
-  - name: reserve
-    participant: a
-    command: reserve
-    compensation: {command: release}
-  - name: charge
-    participant: b
-    command: charge
-"""
 
 
 def assert_each_saga_ran_once(docs: list[dict[str, Any]], recorder: Recorder) -> None:
