@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-from pymongo import MongoClient
+from coordinator.embedded import server_url, start_server
 
-__all__ = ["cpu_seconds", "free_port", "peak_rss_mib", "start_secantus", "wait_for_mongo"]
+__all__ = ["cpu_seconds", "free_port", "peak_rss_mib", "start_secantus"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -38,42 +35,7 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
-def wait_for_mongo(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
-    client: MongoClient[dict[str, object]] = MongoClient(url, serverSelectionTimeoutMS=500)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"the MongoDB-compatible server exited ({proc.returncode})")
-            try:
-                client.admin.command("ping")
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-    finally:
-        client.close()
-
-
 def start_secantus() -> tuple[subprocess.Popen[bytes], str]:
     """A SecantusDB on a free port, in memory; returns the process and its URL."""
-    exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or shutil.which(
-        "secantusd-py"
-    )
-    if exe is None:
-        raise RuntimeError("secantusd-py not found: pass --mongodb-url or install '.[embedded]'")
     port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    try:
-        wait_for_mongo(url, proc)
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, url
+    return start_server(port), server_url(port)

@@ -14,9 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ import aio_pika
 import schemas
 from coordinator.adapters.mongo import MongoSagaStore
 from coordinator.app import serve
+from coordinator.embedded import EmbeddedServerError, server_url, start_server, stop_server
 from coordinator.engine.state import HistoryEntry, SagaState
 from coordinator.settings import CoordinatorSettings
 from participants import Participant
@@ -137,38 +136,20 @@ def _reachable(url: str, default_port: int) -> bool:
 @contextlib.contextmanager
 def _embedded_mongodb() -> Iterator[str]:
     """A SecantusDB server on a free port, in memory, for the demo's lifetime."""
-    exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or shutil.which(
-        "secantusd-py"
-    )
-    if exe is None:
-        raise SystemExit(
-            "no MongoDB: set SAGA_MONGODB_URL, or install the embedded server with "
-            "`pip install 'saga-coordinator[embedded]'`"
-        )
     port = _free_port()
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(
-            [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
         try:
-            deadline = time.monotonic() + 30
-            while not _reachable(f"mongodb://127.0.0.1:{port}", port):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out.seek(0)
-                    raise SystemExit(
-                        "the embedded MongoDB-compatible server did not start:\n"
-                        + out.read().decode(errors="replace")[-2000:]
-                    )
-                time.sleep(0.1)
-            yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+            proc = start_server(port, output=out)
+        except EmbeddedServerError as exc:
+            out.seek(0)
+            raise SystemExit(
+                f"no MongoDB: set SAGA_MONGODB_URL, or {exc}\n"
+                + out.read().decode(errors="replace")[-2000:]
+            ) from exc
+        try:
+            yield server_url(port)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
 
 
 @contextlib.asynccontextmanager

@@ -7,17 +7,22 @@ exchange prefix) made from a uuid so that tests never see each other's data.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient
+
+from coordinator.embedded import (
+    EmbeddedServerError,
+    server_url,
+    start_server,
+    stop_server,
+    wait_until_answering,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 AMQP_URL = os.environ.get("SAGA_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -29,70 +34,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _secantusd() -> str:
-    exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or shutil.which(
-        "secantusd-py"
-    )
-    if exe is None:
-        raise pytest.UsageError(
-            "secantusd-py not found: install the test dependencies with "
-            "`pip install -e '.[dev]'`, or set SAGA_TEST_MONGODB_URL to a MongoDB server"
-        )
-    return exe
-
-
-def _wait_for_mongo(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
-    client: MongoClient[dict[str, object]] = MongoClient(url, serverSelectionTimeoutMS=500)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise pytest.UsageError(f"the MongoDB-compatible server exited ({proc.returncode})")
-            try:
-                client.admin.command("ping")
-                return
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-    finally:
-        client.close()
-
-
 @pytest.fixture(scope="session")
 def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB URL: ``SAGA_TEST_MONGODB_URL``, or a SecantusDB started for the session."""
     external = os.environ.get("SAGA_TEST_MONGODB_URL")
-    if external:
-        _wait_for_mongo(external, None)
-        yield external
-        return
-    port = free_port()
-    log = tmp_path_factory.mktemp("secantus") / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                _secantusd(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--storage-path",
-                ":memory:",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
     try:
-        _wait_for_mongo(url, proc)
-        yield url
+        if external:
+            wait_until_answering(external)
+            yield external
+            return
+        port = free_port()
+        log = tmp_path_factory.mktemp("secantus") / "server.log"
+        with log.open("wb") as out:
+            proc = start_server(port, output=out)
+    except EmbeddedServerError as exc:
+        raise pytest.UsageError(
+            f"{exc}; or set SAGA_TEST_MONGODB_URL to a MongoDB server (log: "
+            f"{'none' if external else log})"
+        ) from exc
+    try:
+        yield server_url(port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
 
 
 @pytest.fixture

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pymongo import MongoClient
 
+from coordinator.embedded import server_url, start_server
 from participants import Participant
 from tests.integration.helpers import (
     LOAD,
@@ -55,39 +51,11 @@ class DatabaseServer:
 
     @property
     def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+        return server_url(self.port)
 
     def start(self, within: float = 30.0) -> None:
-        exe = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or "secantusd-py"
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    exe,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--storage-path",
-                    str(self.storage),
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        client: MongoClient[dict[str, Any]] = MongoClient(self.url, serverSelectionTimeoutMS=500)
-        try:
-            deadline = time.monotonic() + within
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"the database exited ({self.proc.returncode})")
-                try:
-                    client.admin.command("ping")
-                    return
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-        finally:
-            client.close()
+            self.proc = start_server(self.port, self.storage, output=out, within=within)
 
     def kill(self) -> None:
         """``kill -9``."""

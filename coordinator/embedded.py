@@ -1,0 +1,116 @@
+"""The embedded MongoDB-compatible server (SecantusDB) as a plain child process.
+
+The demo, the benchmark and the tests start one when no MongoDB URL is given; this is the
+one place that knows how. SecantusDB comes with the ``embedded`` extra.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from pymongo import MongoClient
+
+__all__ = [
+    "EmbeddedServerError",
+    "server_url",
+    "start_server",
+    "stop_server",
+    "wait_until_answering",
+]
+
+INSTALL_HINT = "pip install 'saga-coordinator[embedded]'"
+
+
+class EmbeddedServerError(RuntimeError):
+    """The server is not installed, or did not start."""
+
+
+def _executable() -> str:
+    found = shutil.which("secantusd-py", path=str(Path(sys.executable).parent)) or shutil.which(
+        "secantusd-py"
+    )
+    if found is None:
+        raise EmbeddedServerError(f"secantusd-py not found: install it with `{INSTALL_HINT}`")
+    return found
+
+
+def server_url(port: int) -> str:
+    """The MongoDB URL of a server on ``127.0.0.1:port``."""
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def start_server(
+    port: int,
+    storage: str | Path = ":memory:",
+    *,
+    output: IO[bytes] | int = subprocess.DEVNULL,
+    within: float = 30.0,
+) -> subprocess.Popen[bytes]:
+    """Start a server on ``127.0.0.1:port`` and return once it answers ``ping``.
+
+    ``storage`` is ``:memory:`` (gone when it stops) or a directory that survives restarts.
+
+    Raises:
+        EmbeddedServerError: not installed, exited, or not answering ``within`` seconds.
+    """
+    proc = subprocess.Popen(
+        [
+            _executable(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(storage),
+        ],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_answering(server_url(port), proc, within=within)
+    except BaseException:
+        stop_server(proc)
+        raise
+    return proc
+
+
+def wait_until_answering(
+    url: str, proc: subprocess.Popen[bytes] | None = None, *, within: float = 30.0
+) -> None:
+    """Poll ``ping`` on ``url`` until it answers.
+
+    Raises:
+        EmbeddedServerError: ``proc`` exited, or no answer ``within`` seconds.
+    """
+    client: MongoClient[dict[str, object]] = MongoClient(url, serverSelectionTimeoutMS=500)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise EmbeddedServerError(
+                    f"the MongoDB-compatible server exited ({proc.returncode})"
+                )
+            try:
+                client.admin.command("ping")
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise EmbeddedServerError(f"{url} did not answer within {within}s") from exc
+                time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill if it does not stop within 10 seconds."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
