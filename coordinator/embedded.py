@@ -50,10 +50,15 @@ def start_server(
     *,
     output: IO[bytes] | int = subprocess.DEVNULL,
     within: float = 30.0,
+    replica_set: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a server on ``127.0.0.1:port`` and return once it answers ``ping``.
 
     ``storage`` is ``:memory:`` (gone when it stops) or a directory that survives restarts.
+    The server is standalone, like the ``mongod`` of ``compose.yaml``: nothing here needs a
+    replica set, and a standalone server keeps no oplog and no retryable-write records
+    (both cost the embedded server CPU on every write). ``replica_set=True`` advertises a
+    single-node replica set instead (change streams, retryable writes).
 
     Raises:
         EmbeddedServerError: not installed, exited, or not answering ``within`` seconds.
@@ -67,6 +72,7 @@ def start_server(
             str(port),
             "--storage-path",
             str(storage),
+            *([] if replica_set else ["--standalone"]),
         ],
         stdout=output,
         stderr=subprocess.STDOUT,
