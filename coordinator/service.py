@@ -9,7 +9,8 @@ Every change to an instance is one *transition*, applied the same way whatever c
    saved (no round trip), else one ``find_one`` (a claimed timer brings it along instead);
 2. run the engine, which returns the new state with the emitted commands appended to its
    ``outbox``;
-3. ``save_saga(state, expected_revision)``: one conditional replace. When another writer
+3. ``save_saga(state, expected_revision)``: one conditional replace (the MongoDB store
+   group-commits the saves of concurrent transitions into one round trip). When another writer
    got there first the save writes nothing; the transition is recomputed from a fresh
    read (bounded retries), so it applies exactly once and is never lost. A cached state
    that another replica has since changed is stale in exactly this way: its save fails

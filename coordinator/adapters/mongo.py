@@ -8,8 +8,21 @@ second registration is either identical or a conflict. Because definitions never
 every one read is cached in memory by (name, version).
 
 ``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
-counter: ``save_saga`` is a single ``replace_one`` filtered on the expected revision. Two
-writes do not raise the revision because they change nothing the engine decides on: the
+counter: ``save_saga`` is a replace filtered on the expected revision.
+
+Inserts and saves are group-committed (``GroupCommit``): the writes that arrive while one
+batch is in flight leave together as one unordered ``bulk_write``, so under load a round
+trip carries many transitions, and a quiet service still writes each one at once. An
+insert's outcome is its own (a duplicate key comes back per item). The replaces' matched
+count is one figure for the batch: when it falls short of the number of replaces, one read
+of ``write_token`` — a random token each save writes — tells which replaces won. A replace
+that won but was overwritten by another writer before that read is reported lost; the
+service then recomputes the transition from a fresh read (the engine ignores what is
+already applied), and the relay sends the won save's commands: slower, never wrong. A
+batch that fails as a whole for a reason other than the connection (say, one document too
+large) is retried one write at a time, so only the faulty write fails.
+
+Two writes do not raise the revision because they change nothing the engine decides on: the
 timer lease of ``claim_due`` (it only pushes ``wake_at``) and ``clear_outbox`` (it only
 removes commands the broker has confirmed). A writer that saved a stale outbox afterwards
 puts the cleared commands back, which costs a harmless resend (idempotency keys).
@@ -28,16 +41,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
 from bson.codec_options import CodecOptions
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, UpdateOne, WriteConcern
+from bson.errors import BSONError
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    IndexModel,
+    InsertOne,
+    ReplaceOne,
+    UpdateOne,
+    WriteConcern,
+)
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.monitoring import (
     CommandFailedEvent,
     CommandListener,
@@ -45,6 +69,7 @@ from pymongo.monitoring import (
     CommandSucceededEvent,
 )
 
+from coordinator.adapters.batching import GroupCommit
 from coordinator.engine.state import SagaState
 from coordinator.errors import DefinitionConflict, StoreUnavailable
 from coordinator.ports import DuplicateSaga, StoredDefinition
@@ -68,6 +93,24 @@ _OLDEST_FIRST = {
 
 LEASE_FIELD = "lease_token"
 """Set by ``claim_due`` to find the documents one claim updated; dropped on read."""
+
+WRITE_FIELD = "write_token"
+"""Set by every ``save_saga`` to tell, after a batch, whose replace won; dropped on read."""
+
+_DUPLICATE_KEY = 11000
+
+_RETIRED_INDEXES = ("definition_status_id", "status_id", "key")
+"""Indexes of earlier versions that nothing queries any more: dropped by ``ensure_indexes``
+(every index costs every write)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One saga write of a batch: an insert (``expected`` None) or a conditional replace."""
+
+    doc: Document
+    expected: int | None = None
+    token: str = ""
 
 
 # -- the stored form, shared with the in-memory double ----------------------------------
@@ -162,7 +205,13 @@ class MongoSagaStore:
     """``SagaStore`` over MongoDB: collections ``definitions`` and ``sagas``."""
 
     def __init__(
-        self, client: AsyncMongoClient[Any], database: str, *, owns_client: bool = False
+        self,
+        client: AsyncMongoClient[Any],
+        database: str,
+        *,
+        owns_client: bool = False,
+        max_batch: int = 256,
+        writes_in_flight: int = 1,
     ) -> None:
         self._client = client
         self._owns_client = owns_client
@@ -175,6 +224,9 @@ class MongoSagaStore:
         self._definitions_coll: AsyncCollection[Document] = db["definitions"]
         self._sagas: AsyncCollection[Document] = db["sagas"]
         self._definitions: dict[tuple[str, int], StoredDefinition] = {}
+        self._writes: GroupCommit[_Write, bool] = GroupCommit(
+            self._write_batch, max_batch=max_batch, max_in_flight=writes_in_flight
+        )
 
     @classmethod
     def connect(cls, url: str, database: str, **kwargs: Any) -> MongoSagaStore:
@@ -182,7 +234,8 @@ class MongoSagaStore:
         return cls(make_client(url, **kwargs), database, owns_client=True)
 
     async def close(self) -> None:
-        """Close the client if this store created it (``connect``); else do nothing."""
+        """Finish the writes in flight; close the client if this store created it."""
+        await self._writes.drain()
         if self._owns_client:
             await self._client.close()
 
@@ -202,14 +255,12 @@ class MongoSagaStore:
                         name="unpublished",
                         partialFilterExpression={"outbox.0": {"$exists": True}},
                     ),
-                    IndexModel(
-                        [("definition", ASCENDING), ("status", ASCENDING), ("_id", ASCENDING)],
-                        name="definition_status_id",
-                    ),
-                    IndexModel([("status", ASCENDING), ("_id", ASCENDING)], name="status_id"),
-                    IndexModel([("key", ASCENDING)], name="key"),
                 ]
             )
+            existing = [index["name"] async for index in await self._sagas.list_indexes()]
+            for name in _RETIRED_INDEXES:
+                if name in existing:
+                    await self._sagas.drop_index(name)
             await self._definitions_coll.create_index(
                 [("name", ASCENDING), ("version", ASCENDING)], name="name_version", unique=True
             )
@@ -292,14 +343,16 @@ class MongoSagaStore:
     @staticmethod
     def _state(doc: Document) -> SagaState:
         doc.pop(LEASE_FIELD, None)
+        doc.pop(WRITE_FIELD, None)
         return SagaState.from_document(doc)
 
     async def insert_saga(self, state: SagaState) -> None:
         """Insert; a taken (definition, key) — or saga id — raises ``DuplicateSaga``."""
-        with _translate_errors("insert a saga"):
-            try:
-                await self._sagas.insert_one(state.to_document())
-            except DuplicateKeyError:
+        doc = state.to_document()
+        token = doc[WRITE_FIELD] = uuid4().hex
+        inserted = await self._writes.submit(_Write(doc, None, token))
+        if not inserted:
+            with _translate_errors("find the saga holding a key"):
                 existing = None
                 if state.key is not None:
                     existing = await self._sagas.find_one(
@@ -308,7 +361,7 @@ class MongoSagaStore:
                 if existing is None:
                     existing = await self._sagas.find_one({"_id": state.id})
                 if existing is None:  # pragma: no cover - sagas are never deleted
-                    raise
+                    raise StoreUnavailable(f"saga {state.id!r}: duplicate key, yet no holder")
                 raise DuplicateSaga(self._state(existing)) from None
 
     async def find_saga(self, definition: str, key: str) -> SagaState | None:
@@ -328,11 +381,80 @@ class MongoSagaStore:
         return None if doc is None else self._state(doc)
 
     async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        with _translate_errors("save a saga"):
-            result = await self._sagas.replace_one(
-                {"_id": state.id, "revision": expected_revision}, state.to_document()
-            )
-        return result.matched_count == 1
+        doc = state.to_document()
+        token = uuid4().hex
+        doc[WRITE_FIELD] = token
+        return await self._writes.submit(_Write(doc, expected_revision, token))
+
+    async def _write_batch(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
+        """One unordered bulk write; per write: inserted / replaced (True) or not (False)."""
+        requests: list[InsertOne[Document] | ReplaceOne[Document]] = [
+            InsertOne(write.doc)
+            if write.expected is None
+            else ReplaceOne({"_id": write.doc["_id"], "revision": write.expected}, write.doc)
+            for write in batch
+        ]
+        details: Mapping[str, Any]
+        try:
+            details = (await self._sagas.bulk_write(requests, ordered=False)).bulk_api_result
+        except BulkWriteError as exc:
+            details = exc.details
+        except (PyMongoError, BSONError) as exc:
+            if len(batch) > 1 and not isinstance(exc, ConnectionFailure):
+                return await self._write_one_by_one(batch)
+            raise StoreUnavailable(f"MongoDB failed to save sagas: {exc}") from exc
+        if details.get("writeConcernErrors"):
+            concern = details["writeConcernErrors"][0].get("errmsg", "")
+            raise StoreUnavailable(f"MongoDB did not confirm saving sagas: {concern}")
+        outcomes: list[bool | BaseException] = [True] * len(batch)
+        for error in details.get("writeErrors", []):
+            index, code = error["index"], error.get("code")
+            if batch[index].expected is None and code == _DUPLICATE_KEY:
+                outcomes[index] = False
+            else:
+                message = error.get("errmsg", "")
+                outcomes[index] = StoreUnavailable(f"MongoDB failed to save a saga: {message}")
+        replaced = [
+            index
+            for index, write in enumerate(batch)
+            if write.expected is not None and outcomes[index] is True
+        ]
+        matched = details.get("nMatched", 0)
+        if matched == 0 or len(replaced) == 1:  # the count alone tells
+            for index in replaced:
+                outcomes[index] = matched > 0
+        elif matched < len(replaced):
+            await self._settle_by_token(batch, replaced, outcomes)
+        return outcomes
+
+    async def _write_one_by_one(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
+        """After a batch failed as a whole: each write alone, so only a faulty one fails.
+
+        Part of the batch may have landed before the failure; a write that now finds its
+        own token in place (a duplicate insert, an unmatched replace) had landed then.
+        """
+        outcomes: list[bool | BaseException] = []
+        for write in batch:
+            try:
+                outcomes.extend(await self._write_batch([write]))
+            except StoreUnavailable as exc:
+                outcomes.append(exc)
+        lost = [index for index, outcome in enumerate(outcomes) if outcome is False]
+        if lost:
+            await self._settle_by_token(batch, lost, outcomes)
+        return outcomes
+
+    async def _settle_by_token(
+        self, batch: Sequence[_Write], indexes: list[int], outcomes: list[bool | BaseException]
+    ) -> None:
+        """Set ``outcomes[i]``: whether the stored document carries write ``i``'s token."""
+        ids = list({batch[index].doc["_id"] for index in indexes})
+        with _translate_errors("read back saved sagas"):
+            cursor = self._sagas.find({"_id": {"$in": ids}}, {WRITE_FIELD: 1})
+            tokens = {doc["_id"]: doc.get(WRITE_FIELD) async for doc in cursor}
+        for index in indexes:
+            write = batch[index]
+            outcomes[index] = tokens.get(write.doc["_id"]) == write.token
 
     async def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[SagaState]:
         """Claim due instances in at most three round trips, whatever ``limit`` is.

@@ -355,6 +355,116 @@ async def test_save_saga_is_one_round_trip(
 
 
 @pytest.mark.integration
+async def test_concurrent_saves_share_round_trips_and_keep_their_own_outcomes(
+    counted: MongoSagaStore, counter: RoundTripCounter
+) -> None:
+    states = [saga(f"s-{index}") for index in range(20)]
+    for state in states:
+        await counted.insert_saga(state)
+    counter.reset()
+    fresh = [s.model_copy(update={"revision": 1, "status": "completed"}) for s in states[:18]]
+    stale = [s.model_copy(update={"revision": 6, "status": "failed"}) for s in states[18:]]
+    outcomes = await asyncio.gather(
+        *(counted.save_saga(s, 0) for s in fresh), *(counted.save_saga(s, 5) for s in stale)
+    )
+    assert outcomes == [True] * 18 + [False] * 2
+    # Batched: far fewer round trips than saves, plus one read to settle the short count.
+    assert counter.total <= 6
+    for state in fresh:
+        assert await counted.load_saga(state.id) == as_stored(state)
+    for state in states[18:]:
+        assert await counted.load_saga(state.id) == as_stored(state)
+
+
+@pytest.mark.integration
+async def test_concurrent_saves_of_one_saga_let_exactly_one_win(counted: MongoSagaStore) -> None:
+    state = saga("s-1")
+    await counted.insert_saga(state)
+    rivals = [
+        state.model_copy(update={"revision": 1, "input": {"writer": writer}}) for writer in range(6)
+    ]
+    outcomes = await asyncio.gather(*(counted.save_saga(rival, 0) for rival in rivals))
+    assert outcomes.count(True) == 1
+    winner = rivals[outcomes.index(True)]
+    assert await counted.load_saga("s-1") == as_stored(winner)
+
+
+@pytest.mark.integration
+async def test_concurrent_inserts_report_each_duplicate_key(counted: MongoSagaStore) -> None:
+    same_key = [saga(f"k-{index}", key="o-1") for index in range(4)]
+    others = [saga(f"o-{index}", key=f"o-{index + 2}") for index in range(4)]
+    outcomes = await asyncio.gather(
+        *(counted.insert_saga(state) for state in [*same_key, *others]), return_exceptions=True
+    )
+    assert outcomes[4:] == [None] * 4
+    winners = [state for state, outcome in zip(same_key, outcomes, strict=False) if outcome is None]
+    assert len(winners) == 1
+    for outcome in outcomes[:4]:
+        if outcome is not None:
+            assert isinstance(outcome, DuplicateSaga)
+            assert outcome.existing == as_stored(winners[0])
+    for state in [*winners, *others]:
+        assert await counted.load_saga(state.id) == as_stored(state)
+
+
+@pytest.mark.integration
+async def test_a_write_the_batch_cannot_carry_fails_alone(counted: MongoSagaStore) -> None:
+    states = [saga(f"s-{index}") for index in range(6)]
+    for state in states[:5]:
+        await counted.insert_saga(state)
+    too_large = states[0].model_copy(update={"revision": 1, "input": {"blob": "x" * (17 << 20)}})
+    good = [s.model_copy(update={"revision": 1, "status": "completed"}) for s in states[1:5]]
+    # The first write leaves alone at once; the others wait for it and form one batch.
+    outcomes = await asyncio.gather(
+        counted.save_saga(good[0], 0),
+        counted.save_saga(too_large, 0),
+        *(counted.save_saga(s, 0) for s in good[1:]),
+        counted.insert_saga(states[5]),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], StoreUnavailable)
+    assert outcomes[:1] + outcomes[2:] == [True] * 4 + [None]
+    assert await counted.load_saga("s-0") == as_stored(states[0])
+    for state in [*good, states[5]]:
+        assert await counted.load_saga(state.id) == as_stored(state)
+
+
+@pytest.mark.integration
+async def test_a_batch_that_fails_as_a_whole_is_retried_write_by_write(
+    counted: MongoSagaStore,
+) -> None:
+    states = [saga(f"s-{index}") for index in range(6)]
+    for state in states[:5]:
+        await counted.insert_saga(state)
+    # BSON cannot encode a set: the driver refuses the whole batch before sending part of it.
+    unencodable = states[0].model_copy(update={"revision": 1, "input": {"tags": {"a", "b"}}})
+    good = [s.model_copy(update={"revision": 1, "status": "completed"}) for s in states[1:5]]
+    outcomes = await asyncio.gather(
+        counted.save_saga(good[0], 0),
+        counted.insert_saga(states[5]),
+        *(counted.save_saga(s, 0) for s in good[1:]),
+        counted.save_saga(unencodable, 0),
+        return_exceptions=True,
+    )
+    assert outcomes[:5] == [True, None, True, True, True]
+    assert isinstance(outcomes[5], StoreUnavailable)
+    assert "cannot encode" in str(outcomes[5])
+    assert await counted.load_saga("s-0") == as_stored(states[0])
+    for state in [*good, states[5]]:
+        assert await counted.load_saga(state.id) == as_stored(state)
+
+
+@pytest.mark.integration
+async def test_retired_indexes_are_dropped(counted: MongoSagaStore, mongo: Any) -> None:
+    sagas = mongo[counted._db.name]["sagas"]
+    await sagas.create_index([("key", 1)], name="key")
+    await counted.ensure_indexes()
+    names = {index["name"] async for index in await sagas.list_indexes()}
+    assert "key" not in names
+    assert {"_id_", "definition_key_unique", "wake_at", "unpublished"} <= names
+
+
+@pytest.mark.integration
 async def test_clear_outbox_is_one_round_trip(
     counted: MongoSagaStore, counter: RoundTripCounter
 ) -> None:
