@@ -155,6 +155,7 @@ async def serve(
             spans=spans,
             state_cache=settings.state_cache,
         )
+        metrics.track_service(lambda: service.stats)  # conflicts, relays, timers… at scrape
         if settings.definitions_dir is not None:
             await _register_dir(service, settings.definitions_dir)
         await service.refresh_definitions()

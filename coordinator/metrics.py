@@ -19,7 +19,11 @@ Everything else is observed where it happens: the RabbitMQ adapter reports dead-
 messages (by a fixed category, never the free-text reason) and publish-confirm latencies
 (``BrokerObserver``); MongoDB round trips are read at scrape time from the client's
 ``RoundTripCounter`` through a custom collector; the sagas in flight are counted by one
-aggregation at scrape time (``set_in_flight``).
+aggregation at scrape time (``set_in_flight``). The service's own cheap counters
+(``SagaService.stats``: save conflicts, commands published and relayed, timers fired,
+outbox clears) are read at scrape time too, by ``ServiceStatsCollector``
+(``SagaMetrics.track_service``): the service keeps counting as it always did and knows
+nothing of it.
 
 Each ``SagaMetrics`` has its own ``CollectorRegistry``, so several apps in one process (the
 tests) never collide, and nothing is registered in prometheus-client's global registry.
@@ -31,6 +35,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -49,8 +54,11 @@ __all__ = [
     "CONTENT_TYPE",
     "DEAD_LETTER_CATEGORIES",
     "ENDED_STATUSES",
+    "SERVICE_COUNTERS",
     "RoundTripCollector",
     "SagaMetrics",
+    "ServiceCounters",
+    "ServiceStatsCollector",
     "StepEnded",
     "TransitionFacts",
     "new_history",
@@ -194,6 +202,79 @@ class RoundTripCollector(Collector):
         yield family
 
 
+class ServiceCounters(Protocol):
+    """What ``ServiceStatsCollector`` reads: ``coordinator.service.ServiceStats``."""
+
+    @property
+    def conflicts(self) -> int: ...
+    @property
+    def published(self) -> int: ...
+    @property
+    def relayed(self) -> int: ...
+    @property
+    def timers_fired(self) -> int: ...
+    @property
+    def outbox_cleared(self) -> int: ...
+    @property
+    def outbox_flushes(self) -> int: ...
+
+
+SERVICE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "conflicts",
+        "saga_save_conflicts",
+        "Conditional saves that lost a race (another writer saved the saga first); "
+        "each one's transition was recomputed from a fresh read.",
+    ),
+    (
+        "published",
+        "saga_commands_published",
+        "Commands published and confirmed by the broker, relayed ones included.",
+    ),
+    (
+        "relayed",
+        "saga_commands_relayed",
+        "Outbox commands found unpublished (older than the relay age) and published "
+        "again by the relay.",
+    ),
+    (
+        "timers_fired",
+        "saga_timers_fired",
+        "Due timers (attempt timeouts, backoffs, saga deadlines) claimed and applied.",
+    ),
+    (
+        "outbox_cleared",
+        "saga_outbox_entries_cleared",
+        "Published commands removed from the sagas' outboxes by the batched clear.",
+    ),
+    (
+        "outbox_flushes",
+        "saga_outbox_clear_batches",
+        "Batched outbox clears sent to the store (one round trip each).",
+    ),
+)
+"""(``ServiceStats`` attribute, metric name without ``_total``, HELP) of every counter the
+service keeps that is exported as is. ``ServiceStats.transitions`` is not here: it is
+``saga_transitions_total``, counted by ``record_transition`` (the same events)."""
+
+
+class ServiceStatsCollector(Collector):
+    """The service's own counters (``SagaService.stats``), read at scrape time."""
+
+    def __init__(self, stats: Callable[[], ServiceCounters]) -> None:
+        self._stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        """The names, without reading the stats (the registry checks them at registration)."""
+        for _, name, documentation in SERVICE_COUNTERS:
+            yield CounterMetricFamily(name, documentation)
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self._stats()
+        for attribute, name, documentation in SERVICE_COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=getattr(stats, attribute))
+
+
 class SagaMetrics:
     """Every metric of one coordinator, in its own registry.
 
@@ -316,6 +397,14 @@ class SagaMetrics:
         self.in_flight.clear()
         for (definition, status), count in counts.items():
             self.in_flight.labels(definition, status).set(count)
+
+    def track_service(self, stats: Callable[[], ServiceCounters]) -> None:
+        """Export the service's counters (``lambda: service.stats``), read at every scrape.
+
+        Raises:
+            ValueError: a service is tracked already (its names are registered).
+        """
+        self.registry.register(ServiceStatsCollector(stats))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -200,6 +200,10 @@ async def test_metrics_traces_and_json_logs(
     transitions = scrape.value("saga_transitions_total")
     round_trips = scrape.total("saga_db_round_trips_total")
     assert transitions >= 5 * 3 and round_trips > transitions  # read + replace per transition
+    # A start saves revision 1 and every later transition adds one: one coordinator made them.
+    assert transitions == sum(doc["revision"] for doc in docs)
+    assert scrape.value("saga_timers_fired_total") >= 1  # the flaky charge's backoff
+    assert scrape.value("saga_commands_relayed_total") == 0  # every publish was confirmed
     assert scrape.value("saga_db_round_trips_total", command="insert") >= 5
     assert scrape.value("saga_publish_confirm_seconds_count") >= 5 * 2 + 2
     assert scrape.value("saga_publish_confirm_seconds_sum") > 0
@@ -213,6 +217,7 @@ async def test_metrics_traces_and_json_logs(
     assert all(TRACEPARENT_FORMAT.match(t) for t in generated)
     assert len({*generated, TRACEPARENT}) == 4
     assert len(sent) >= 5 * 2 + 2  # two steps each, a retry and a compensation
+    assert scrape.value("saga_commands_published_total") == len(sent)
     for message in sent:
         assert message.headers["traceparent"] == traces[message.correlation_id]
     real_replies = [m for m in replied if m.correlation_id in traces]

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -22,19 +23,22 @@ from coordinator.adapters.memory import InMemorySagaStore
 from coordinator.adapters.rabbit import RawMessage, Undecodable, decode_event, decode_reply
 from coordinator.api.metrics import install_metrics
 from coordinator.engine.engine import Options
+from coordinator.engine.messages import ReplyReceived
 from coordinator.engine.state import Command, HistoryEntry, SagaState
-from coordinator.errors import StoreUnavailable
+from coordinator.errors import BrokerUnavailable, StoreUnavailable
 from coordinator.logging import JsonFormatter, saga_extra
 from coordinator.metrics import (
     DEAD_LETTER_CATEGORIES,
+    SERVICE_COUNTERS,
     SagaMetrics,
     StepEnded,
     TransitionFacts,
     new_history,
     transition_facts,
 )
-from coordinator.service import SagaService
+from coordinator.service import SagaService, ServiceStats
 from coordinator.tracing import new_traceparent, valid_traceparent
+from schemas.envelope import FailedReply, Reply, ReplyError, SucceededReply
 from tests.unit.engine.conversation import T0, Conversation, definition, linear
 
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
@@ -299,6 +303,114 @@ async def test_the_service_keeps_a_valid_traceparent_and_replaces_a_missing_or_b
         s.traceparent for s in states
     ]
     assert sample(metrics, "saga_sagas_started_total", definition="linear") == 3
+
+
+# -- the service's own counters -------------------------------------------------------------
+
+
+class FlakyPublisher(Publisher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def publish_commands(self, commands: Sequence[Command]) -> None:
+        if self.down:
+            raise BrokerUnavailable("RabbitMQ: publish failed")
+        await super().publish_commands(commands)
+
+
+def reply(step: str, attempt: int, body: Reply) -> ReplyReceived:
+    return ReplyReceived(step=step, kind="action", attempt=attempt, reply=body, at=T0)
+
+
+SERVICE_SERIES = {
+    "conflicts": "saga_save_conflicts_total",
+    "published": "saga_commands_published_total",
+    "relayed": "saga_commands_relayed_total",
+    "timers_fired": "saga_timers_fired_total",
+    "outbox_cleared": "saga_outbox_entries_cleared_total",
+    "outbox_flushes": "saga_outbox_clear_batches_total",
+}
+
+
+def service_samples(metrics: SagaMetrics) -> dict[str, float | None]:
+    return {name: sample(metrics, name) for name in SERVICE_SERIES.values()}
+
+
+async def test_the_service_counters_are_exported_at_scrape_time() -> None:
+    """Two replicas on one store: ``first`` is scraped; ``second`` moves the saga under it."""
+    store, publisher = InMemorySagaStore(), FlakyPublisher()
+    await store.register_definition(
+        linear("a", "b", timeout="30s", retry={"max_attempts": 2, "backoff": "1s"}), "source"
+    )
+    now = [T0]
+
+    def clock() -> datetime:
+        return now[0]
+
+    def replica(metrics: SagaMetrics | None = None) -> SagaService:
+        return SagaService(
+            store,
+            publisher,
+            options=Options(),
+            clock=clock,
+            random=lambda: 0.5,
+            new_id=lambda: "s-1",
+            relay_age=timedelta(seconds=5),
+            metrics=metrics,
+        )
+
+    metrics = SagaMetrics()
+    first, second = replica(metrics), replica()
+    metrics.track_service(lambda: first.stats)
+    assert set(SERVICE_SERIES) == {attribute for attribute, _, _ in SERVICE_COUNTERS}
+    assert set(service_samples(metrics).values()) == {0}  # exported before anything happens
+
+    publisher.down = True  # saved, not published: left in the outbox
+    saga, _ = await first.start_saga("linear", {})
+    publisher.down = False
+    now[0] += timedelta(seconds=6)
+    assert await first.relay_unpublished() == 1  # do_a, attempt 1
+    assert await first.flush_outbox() == 1
+    await second.on_reply(saga.id, reply("a", 1, SucceededReply(status="succeeded")))
+    # ``first`` still caches revision 1: its save loses to ``second``'s, then is recomputed.
+    busy = FailedReply(
+        status="failed", error=ReplyError(code="busy", message="busy", retryable=True)
+    )
+    await first.on_reply(saga.id, reply("b", 1, busy))
+    now[0] += timedelta(seconds=1)
+    assert await first.fire_due_timers() == 1  # the backoff: do_b, attempt 2
+    await first.on_reply(saga.id, reply("b", 2, SucceededReply(status="succeeded")))
+    assert store.sagas[saga.id].status == "completed"
+
+    assert service_samples(metrics) == {
+        "saga_save_conflicts_total": 1,
+        "saga_commands_published_total": 2,  # the relayed do_a and do_b attempt 2
+        "saga_commands_relayed_total": 1,
+        "saga_timers_fired_total": 1,
+        "saga_outbox_entries_cleared_total": 1,  # the completion's save dropped do_b's entry
+        "saga_outbox_clear_batches_total": 1,
+    }
+    assert {
+        name: getattr(first.stats, attribute) for attribute, name in SERVICE_SERIES.items()
+    } == service_samples(metrics)
+    # start, retry scheduled, attempt 2 sent, completed: counted once, by record_transition
+    assert sample(metrics, "saga_transitions_total") == first.stats.transitions == 4
+    assert [c.routing_key for c in publisher.published] == ["p.do_a", "p.do_b", "p.do_b"]
+    text = metrics.render().decode()
+    assert "# HELP saga_save_conflicts_total Conditional saves that lost a race" in text
+    assert "# TYPE saga_commands_relayed_total counter" in text
+    assert text.count("# TYPE saga_transitions_total counter") == 1
+
+
+def test_one_service_per_registry() -> None:
+    metrics, stats = SagaMetrics(), ServiceStats(relayed=3)
+    metrics.track_service(lambda: stats)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        metrics.track_service(lambda: stats)
+    stats.relayed += 1  # read at scrape time, not at registration
+    assert sample(metrics, "saga_commands_relayed_total") == 4
+    assert sample(SagaMetrics(), "saga_commands_relayed_total") is None  # not tracked
 
 
 # -- JSON logs ----------------------------------------------------------------------------
