@@ -9,7 +9,14 @@ from pathlib import Path
 
 from coordinator.embedded import server_url, start_server
 
-__all__ = ["cpu_seconds", "free_port", "peak_rss_mib", "start_secantus"]
+__all__ = [
+    "broker_pid",
+    "cpu_seconds",
+    "free_port",
+    "machine_busy_seconds",
+    "peak_rss_mib",
+    "start_secantus",
+]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -25,6 +32,35 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far, all CPUs together (``/proc/stat``).
+
+    user + nice + system + irq + softirq + steal: everything but idle and iowait (guest time
+    is already counted in user).
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+def broker_pid() -> int | None:
+    """The local RabbitMQ server's pid: the oldest ``beam.smp`` running ``rabbit``, or None."""
+    found: list[tuple[int, int]] = []  # (start time in ticks, pid)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "beam.smp":
+                continue
+            if b"rabbit" not in (proc / "cmdline").read_bytes():
+                continue
+            stat = (proc / "stat").read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        found.append((int(stat[stat.rindex(")") + 2 :].split()[19]), int(proc.name)))
+    return min(found)[1] if found else None
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -1,10 +1,11 @@
-"""The benchmark driver: the coordinator and its participants, then the floor.
+"""The benchmark driver: the floor, then the coordinator with its participants.
 
 Every process under test is separate: the coordinator (``python -m coordinator run``), the
-participants (``python -m bench.participants``), the floor's responder and its loop
+participants (``python -m bench.echo``, no SDK and no database, or the SDK's
+``python -m bench.participants``), the floor's responder and its loop
 (``python -m bench.floor``). This process only publishes trigger events, keeps
 ``--concurrency`` sagas in flight, watches the coordinator's log for terminal statuses,
-samples the coordinator's CPU and peak RSS from ``/proc``, and cleans up afterwards.
+samples CPU and peak RSS from ``/proc``, and cleans up afterwards.
 """
 
 from __future__ import annotations
@@ -25,13 +26,21 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 from pymongo import AsyncMongoClient
 
-from bench.procs import cpu_seconds, free_port, peak_rss_mib, start_secantus
+from bench.procs import (
+    broker_pid,
+    cpu_seconds,
+    free_port,
+    machine_busy_seconds,
+    peak_rss_mib,
+    start_secantus,
+)
 from schemas.envelope import Exchanges
 from schemas.topology import declare_exchanges
 
@@ -39,6 +48,8 @@ __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 3
+#: The participants processes of our phase: the echo (same responder as the floor's) or SDK.
+PARTICIPANTS = {"echo": "bench.echo", "sdk": "bench.participants"}
 EVENT = "bench.requested"
 DEFINITION = f"""\
 name: bench-saga
@@ -145,7 +156,12 @@ class Setup:
     prefetch: int
 
 
-async def run_coordinator(setup: Setup, workdir: Path) -> dict[str, Any]:
+async def run_coordinator(setup: Setup, kind: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="saga-bench-") as workdir:
+        return await _run_coordinator(setup, Path(workdir), PARTICIPANTS[kind])
+
+
+async def _run_coordinator(setup: Setup, workdir: Path, participants_module: str) -> dict[str, Any]:
     definitions = workdir / "definitions"
     definitions.mkdir()
     (definitions / "bench.yaml").write_text(DEFINITION)
@@ -172,7 +188,7 @@ async def run_coordinator(setup: Setup, workdir: Path) -> dict[str, Any]:
     )
     assert coordinator.stderr is not None
     reader = asyncio.create_task(_read_lines(coordinator.stderr, log))
-    participants = await _spawn(["-m", "bench.participants"], env, stdout=asyncio.subprocess.PIPE)
+    participants = await _spawn(["-m", participants_module], env, stdout=asyncio.subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not log.running:
@@ -296,6 +312,7 @@ async def run_floor(setup: Setup) -> dict[str, Any]:
     )
     try:
         await _wait_line(responder, "ready", 60)
+        responder_before = cpu_seconds(responder.pid)
         loop = await _spawn(
             [
                 "-m",
@@ -319,6 +336,7 @@ async def run_floor(setup: Setup) -> dict[str, Any]:
         out, _ = await loop.communicate()
         if loop.returncode != 0:
             raise RuntimeError(f"the floor loop failed ({loop.returncode})")
+        responder_cpu = cpu_seconds(responder.pid) - responder_before
     finally:
         await _terminate(responder)
     raw = json.loads(out.decode().strip().splitlines()[-1])
@@ -336,6 +354,7 @@ async def run_floor(setup: Setup) -> dict[str, Any]:
         "cpu_s": round(raw["cpu_s"], 2),
         "cpu_s_per_1000_steps": round(raw["cpu_s"] / steps * 1000, 3),
         "peak_rss_mib": round(raw["peak_rss_mib"], 1),
+        "responder_cpu_s": round(responder_cpu, 2),
     }
 
 
@@ -386,10 +405,22 @@ async def _phase(
         setup = replace(setup, mongodb_url=url)
     try:
         try:
+            # The phase's whole run, its processes' start-up and shutdown included.
             before = cpu_seconds(server.pid) if server is not None else 0.0
+            broker = broker_pid()
+            broker_before = _cpu_or_none(broker)
+            machine_before = machine_busy_seconds()
             figures = await body(setup)
-            if server is not None:  # the phase's whole run, set-up included
+            machine = machine_busy_seconds() - machine_before
+            broker_after = _cpu_or_none(broker)
+            if server is not None:
                 figures["db_server_cpu_s"] = round(cpu_seconds(server.pid) - before, 2)
+            figures["broker_cpu_s"] = (
+                round(broker_after - broker_before, 2)
+                if broker_before is not None and broker_after is not None
+                else None
+            )
+            figures["machine_cpu_busy_s"] = round(machine, 2)
             return figures
         finally:
             await cleanup(setup)
@@ -402,29 +433,48 @@ async def _phase(
                 server.kill()
 
 
+def _cpu_or_none(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        return cpu_seconds(pid)
+    except OSError:  # the process is gone
+        return None
+
+
 def _ratio(ours: float, floor: float) -> float:
     return round(ours / floor, 3) if floor else math.nan
 
 
-async def bench(setup: Setup, fresh_server: bool) -> dict[str, Any]:
-    """The floor first, then the coordinator; each on a fresh server when we start them.
-
-    A fresh SecantusDB per phase keeps one phase's data (and the server's state) from
-    slowing the other down.
-    """
-    floor = await _phase(setup, fresh_server, run_floor)
-    with tempfile.TemporaryDirectory(prefix="saga-bench-") as workdir:
-        path = Path(workdir)
-        ours = await _phase(setup, fresh_server, lambda s: run_coordinator(s, path))
+def _ratios(ours: dict[str, Any], floor: dict[str, Any]) -> dict[str, float]:
     ours_cpu = ours["cpu_s_per_1000_transitions"]
     floor_cpu = floor["cpu_s_per_1000_steps"]
-    ratios = {
+    return {
         "throughput_sagas": _ratio(ours["sagas_per_s"], floor["sagas_per_s"]),
         "transitions_per_floor_step_rate": _ratio(ours["transitions_per_s"], floor["steps_per_s"]),
         "cpu_per_transition": _ratio(ours_cpu, floor_cpu),
         "latency_p50": _ratio(ours["latency_p50_ms"], floor["latency_p50_ms"]),
         "latency_p99": _ratio(ours["latency_p99_ms"], floor["latency_p99_ms"]),
     }
+
+
+def phase_participants(participants: str) -> list[str]:
+    """The participants of our phases, in order: ``both`` runs the echo, then the SDK."""
+    return ["echo", "sdk"] if participants == "both" else [participants]
+
+
+async def bench(setup: Setup, fresh_server: bool, participants: str) -> dict[str, Any]:
+    """The floor first, then the coordinator once per participants kind.
+
+    Each phase on a fresh server when we start them: a fresh SecantusDB per phase keeps one
+    phase's data (and the server's state) from slowing the next down.
+    """
+    floor = await _phase(setup, fresh_server, run_floor)
+    runs: list[dict[str, Any]] = []
+    for kind in phase_participants(participants):
+        runs.append(await _phase(setup, fresh_server, partial(run_coordinator, kind=kind)))
+    ours = runs[0]
+    ratios = _ratios(ours, floor)
     targets = {
         "db_round_trips_per_transition_le_1_2": ours["db_round_trips_per_transition"] <= 1.2,
         "one_command_one_reply_per_step": ours["commands_per_step"] == 1
@@ -432,7 +482,10 @@ async def bench(setup: Setup, fresh_server: bool) -> dict[str, Any]:
         "cpu_per_transition_le_2x_floor": ratios["cpu_per_transition"] <= 2.0,
         "throughput_ge_70pct_floor": ratios["throughput_sagas"] >= 0.7,
     }
-    return {"coordinator": ours, "floor": floor, "ratios": ratios, "targets": targets}
+    result = {"coordinator": ours, "floor": floor, "ratios": ratios, "targets": targets}
+    if len(runs) > 1:
+        result["with_sdk"] = {**runs[1], "ratios": _ratios(runs[1], floor)}
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,6 +500,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--amqp-url", default=os.environ.get("SAGA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     )
     parser.add_argument("--prefetch", type=int, default=64, help="consumer prefetch, both sides")
+    parser.add_argument(
+        "--participants",
+        choices=["echo", "sdk", "both"],
+        default="both",
+        help="our phase's participants: the echo (no SDK, no database), the SDK, or the echo "
+        "then the SDK (default both)",
+    )
     args = parser.parse_args(argv)
     if args.sagas < 1 or args.concurrency < 1 or not 0 <= args.compensate_share <= 1:
         parser.error("--sagas and --concurrency must be >= 1, --compensate-share in [0, 1]")
@@ -461,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         compensate_share=args.compensate_share,
         prefetch=args.prefetch,
     )
-    result = asyncio.run(bench(setup, fresh_server=args.mongodb_url is None))
+    result = asyncio.run(bench(setup, args.mongodb_url is None, args.participants))
+    kinds = phase_participants(args.participants)
     config = {
         "sagas": args.sagas,
         "concurrency": args.concurrency,
@@ -470,6 +531,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mongodb_url
         else "embedded SecantusDB, a fresh one per phase",
         "cpus": os.cpu_count(),
+        "participants": {
+            "floor": "floor-responder",
+            "coordinator": kinds[0],
+            **({"with_sdk": kinds[1]} if len(kinds) > 1 else {}),
+        },
     }
     print(json.dumps({"config": config, **result}, indent=2))
     return 0
