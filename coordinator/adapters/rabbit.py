@@ -32,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -332,8 +334,14 @@ class RabbitBroker:
         retry_delay: float = 1.0,
         publish_timeout: float = 15.0,
         observer: BrokerObserver | None = None,
+        connection_name: str | None = None,
     ) -> None:
         self.url = url
+        self.connection_name = connection_name or (
+            f"saga-coordinator {prefix} {socket.gethostname()}:{os.getpid()}"
+        )
+        """Sent as the ``connection_name`` client property: how the broker (``rabbitmqctl
+        list_connections client_properties``, the management UI) tells this connection apart."""
         self.observer: BrokerObserver = observer if observer is not None else _NoObserver()
         self.names = BrokerNames(prefix, reply_to)
         self.prefetch = prefetch
@@ -362,12 +370,24 @@ class RabbitBroker:
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def is_open(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+        """Whether the connection is up now, with both channels open (``/readyz``).
+
+        A robust connection's ``is_closed`` turns true only on ``close()``: after the broker
+        drops it, and while it reconnects, it is not closed but not connected either, and
+        its channels are closed until it restores them.
+        """
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            return False
+        channels = (self._consume_channel, self._publish_channel)
+        return all(channel is not None and not channel.is_closed for channel in channels)
 
     async def connect(self) -> None:
         """Connect (robust: reconnects and restores consumers) and declare the topology."""
         with _broker_errors("connect"):
-            self._connection = await aio_pika.connect_robust(self.url)
+            self._connection = await aio_pika.connect_robust(
+                self.url, client_properties={"connection_name": self.connection_name}
+            )
             self._consume_channel = await self._connection.channel()
             await self._consume_channel.set_qos(prefetch_count=self.prefetch)
             self._publish_channel = await self._connection.channel(publisher_confirms=True)

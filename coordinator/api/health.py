@@ -1,8 +1,11 @@
 """Liveness and readiness: ``GET /healthz`` and ``GET /readyz``.
 
 ``/healthz`` answers 200 while the process serves HTTP. ``/readyz`` answers 200 when MongoDB
-answers a ping and the RabbitMQ connection is open, else 503 with a problem document
-(RFC 9457) naming what is not ready.
+answers a ping within ``ping_timeout`` seconds and the RabbitMQ connection is open, else 503
+with a problem document (RFC 9457) naming what is not ready. The ping is bounded here, not by
+the driver's server selection timeout (30 s by default), so a probe answers within about
+``ping_timeout`` even while MongoDB is down; the broker check reads the connection's state
+and costs nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ async def readyz(request: Request) -> JSONResponse | dict[str, object]:
     try:
         await asyncio.wait_for(checks.store.ping(), checks.ping_timeout)
     except (AdapterError, TimeoutError) as exc:
-        failures["mongodb"] = str(exc) or "no answer to ping"
+        failures["mongodb"] = str(exc) or f"no answer to ping within {checks.ping_timeout:g} s"
     if not checks.broker_open():
         failures["rabbitmq"] = "the connection is not open"
     if not failures:

@@ -1,8 +1,10 @@
 """Fixtures of the runtime tests: a definitions directory, the coordinator process factory,
-the test's broker connection, the sagas collection, and clean-up of the test's topology."""
+the test's broker connection, the sagas collection, clean-up of the test's topology, and a
+database server of the test's own."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from participants import Participant
-from tests.integration.helpers import Broker, Coordinator, Sagas, participant
+from tests.integration.helpers import Broker, Coordinator, DatabaseServer, Sagas, participant
 
 
 @pytest.fixture
@@ -85,3 +87,14 @@ def participants(
         )
 
     return make
+
+
+@pytest.fixture
+def database_server(tmp_path: Path) -> Iterator[DatabaseServer]:
+    """The test's own SecantusDB on disk, which it may ``kill -9`` and start again."""
+    if os.environ.get("SAGA_TEST_MONGODB_URL"):
+        pytest.skip("SAGA_TEST_MONGODB_URL names an external MongoDB that this test cannot kill -9")
+    server = DatabaseServer(tmp_path / "db", tmp_path / "secantus.log")
+    server.start()
+    yield server
+    server.stop_now()

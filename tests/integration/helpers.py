@@ -25,6 +25,7 @@ import httpx
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pymongo import AsyncMongoClient
 
+from coordinator.embedded import server_url, start_server
 from participants import Delivery, Participant
 from schemas.envelope import Exchanges
 
@@ -135,6 +136,35 @@ class Coordinator:
 
     def stop_now(self) -> None:
         """Teardown: make sure the process is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class DatabaseServer:
+    """A SecantusDB process on a fixed port and an on-disk storage directory."""
+
+    def __init__(self, storage: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.storage = storage
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return server_url(self.port)
+
+    def start(self, within: float = 30.0) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = start_server(self.port, self.storage, output=out, within=within)
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop_now(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -13,24 +13,21 @@ and some actions ran twice."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from coordinator.embedded import server_url, start_server
 from participants import Participant
 from tests.integration.helpers import (
     LOAD,
     TERMINAL,
     Broker,
     Coordinator,
+    DatabaseServer,
     Recorder,
     Sagas,
-    free_port,
     history_events,
     running,
     succeeding,
@@ -38,45 +35,6 @@ from tests.integration.helpers import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-class DatabaseServer:
-    """A SecantusDB process on a fixed port and an on-disk storage directory."""
-
-    def __init__(self, storage: Path, log_path: Path) -> None:
-        self.port = free_port()
-        self.storage = storage
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return server_url(self.port)
-
-    def start(self, within: float = 30.0) -> None:
-        with self.log_path.open("ab") as out:
-            self.proc = start_server(self.port, self.storage, output=out, within=within)
-
-    def kill(self) -> None:
-        """``kill -9``."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop_now(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def database_server(tmp_path: Path) -> Iterator[DatabaseServer]:
-    if os.environ.get("SAGA_TEST_MONGODB_URL"):
-        pytest.skip("SAGA_TEST_MONGODB_URL names an external MongoDB that this test cannot kill -9")
-    server = DatabaseServer(tmp_path / "db", tmp_path / "secantus.log")
-    server.start()
-    yield server
-    server.stop_now()
 
 
 @pytest.fixture
