@@ -37,7 +37,7 @@ from pymongo import AsyncMongoClient
 
 from participants._delivery import MAX_BODY_BYTES, BadCommand, Command, decode_command
 from participants._execution import ContextLogger, Executor, Handler
-from participants._store import OutcomeStore
+from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore
 from participants.settings import ParticipantSettings
 from schemas.envelope import HEADER_REJECTION, REPLY_COPIED_HEADERS, Exchanges
 from schemas.topology import DeclaredExchanges, declare_exchanges, queue_arguments
@@ -63,6 +63,12 @@ class Participant:
             claimant's key is taken over after it.
         max_body_bytes: The command body size limit.
         collection: The collection of the idempotency records.
+        record_retention: How long an idempotency record is kept once final (succeeded,
+            failed, or a tombstone); MongoDB's TTL monitor deletes it afterwards, and a
+            duplicate of its command arriving later runs the handler again. ``None``
+            keeps records forever. Claims in progress never expire this way (their lease
+            handles them). ``participants/_store.py`` says why 7 days is enough, and
+            when it is not (a failed saga retried by an operator later than that).
         stop_timeout: Seconds ``stop()`` waits for commands in flight before cancelling them.
 
     Example::
@@ -90,10 +96,16 @@ class Participant:
         lease: float = 30.0,
         max_body_bytes: int = MAX_BODY_BYTES,
         collection: str = "participant_outcomes",
+        record_retention: timedelta | None = DEFAULT_RECORD_RETENTION,
         stop_timeout: float = 10.0,
     ) -> None:
         if not name or "." in name or "#" in name or "*" in name:
             raise ValueError(f"participant name {name!r} must be non-empty, without '.', '*', '#'")
+        if record_retention is not None and record_retention <= timedelta(0):
+            raise ValueError(
+                f"record_retention must be longer than zero (None keeps records forever), "
+                f"not {record_retention}"
+            )
         self.name = name
         self.exchanges = Exchanges(prefix)
         self.queue_name = queue or f"{name}.commands"
@@ -107,6 +119,7 @@ class Participant:
         self._database = database
         self._collection = collection
         self._lease = timedelta(seconds=lease)
+        self.record_retention = record_retention
         self._executor = Executor(name)
         self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -131,6 +144,7 @@ class Participant:
             delivery_limit=s.delivery_limit,
             lease=s.lease_seconds,
             max_body_bytes=s.max_body_bytes,
+            record_retention=s.record_retention,
         )
 
     @property
@@ -177,14 +191,21 @@ class Participant:
         return decorator
 
     async def start(self) -> None:
-        """Declare the topology and start consuming."""
+        """Create the records' TTL index, declare the topology and start consuming."""
         if self._mongo is not None:
             raise RuntimeError(f"participant {self.name} is already started")
         self._mongo = AsyncMongoClient(self._mongodb_url, tz_aware=True)
-        self._executor.store = OutcomeStore(
-            self._mongo, self._database, self.name, collection=self._collection, lease=self._lease
+        store = OutcomeStore(
+            self._mongo,
+            self._database,
+            self.name,
+            collection=self._collection,
+            lease=self._lease,
+            retention=self.record_retention,
         )
+        self._executor.store = store
         try:
+            await store.ensure_indexes()
             self._connection = await aio_pika.connect_robust(self._amqp_url)
             self._channel = await self._connection.channel(publisher_confirms=True)
             await self._channel.set_qos(prefetch_count=self.prefetch)

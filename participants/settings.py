@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+from datetime import timedelta
+from typing import Any
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from participants._delivery import MAX_BODY_BYTES
+from participants._store import DEFAULT_RECORD_RETENTION
+from schemas.definition import DURATION_PATTERN, parse_duration
 
 __all__ = ["ParticipantSettings"]
 
@@ -26,6 +32,9 @@ class ParticipantSettings(BaseSettings):
         delivery_limit: Deliveries of one command before the broker dead-letters it.
         lease_seconds: How long a claim on an idempotency key holds without renewal.
         max_body_bytes: The command body size limit.
+        record_retention: How long an idempotency record is kept once final; ``none``
+            keeps records forever. ``SAGA_RECORD_RETENTION`` takes a duration such as
+            ``7d`` or ``12h`` (as in saga definitions), ISO 8601 (``P7D``) or seconds.
     """
 
     model_config = SettingsConfigDict(env_prefix="SAGA_", extra="ignore")
@@ -39,3 +48,24 @@ class ParticipantSettings(BaseSettings):
     delivery_limit: int = Field(default=5, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, ge=1)
+    record_retention: timedelta | None = DEFAULT_RECORD_RETENTION
+
+    @field_validator("record_retention", mode="before")
+    @classmethod
+    def _parse_retention(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.lower() in {"none", "null", "forever"}:
+                return None
+            if re.match(DURATION_PATTERN, text):
+                return parse_duration(text)
+            if re.fullmatch(r"[+-]?\d+(\.\d*)?", text):
+                return timedelta(seconds=float(text))
+        return value
+
+    @field_validator("record_retention")
+    @classmethod
+    def _positive_retention(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be longer than zero (none keeps records forever)")
+        return value
