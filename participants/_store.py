@@ -10,22 +10,78 @@ passed another delivery may take the key over (a conditional update on the expir
 The claimant then either *finishes* the claim with a final outcome (``succeeded``, or a
 non-retryable ``failed``) that every later duplicate gets replied again, or *releases* it
 (a retryable failure), so that the next attempt runs the handler again.
+
+Retention. A final record (finished, or a tombstone) carries ``expires_at`` = the instant
+it became final + the retention (``record_retention``, default 7 days), and a sparse TTL
+index ``{expires_at: 1}`` with ``expireAfterSeconds: 0`` (``ensure_indexes``, called when
+the participant starts) lets MongoDB delete it after that instant (mongod's TTL monitor
+runs every 60 s, so a record lives *at least* the retention, a little longer in practice).
+An in-progress claim never carries the field — ``claim`` inserts without it, and
+``finish`` sets it in the same update that makes the record final — so TTL never deletes a
+claim: its lease alone decides when another delivery may take it over. With
+``retention=None`` no record gets the field and records are kept forever (the behaviour
+before retention existed). The index itself never depends on the retention, so changing
+the retention between runs never conflicts with the index an earlier run made; records
+finished under an earlier retention keep their ``expires_at``.
+
+Outages. A handler that has run must not lose its outcome: ``finish`` retries through
+connection failures for minutes, not for the lease, holding the command unacknowledged
+meanwhile. Nobody can take the key over while MongoDB is unreachable, and the first write
+that reaches it again is usually this retry. What remains: an outage longer than the lease
+during which the coordinator sends the step's next attempt, whose delivery takes the
+expired claim over before the retry lands (it polls every ``poll_interval``, the retry every
+half second), runs the handler a second time.
+
+What expiry gives up, once a key's record is gone:
+
+* a duplicate of the command (same idempotency key) runs the handler again instead of
+  getting the stored reply;
+* a compensation whose action record is gone finds "no action" and answers ``succeeded``
+  without calling the compensation handler, so the action's effect is not undone;
+* a tombstone is gone, so a late copy of the compensated action would be performed.
+
+Why 7 days is safe enough: every copy of a command that reaches a participant during a
+saga's life arrives within that saga's timeouts, which are minutes to hours, not days. The
+coordinator sends a step's next attempt, and later its compensation, only within the
+steps' timeouts, retry backoffs and the saga's deadline (all durable timers); the outbox
+relay re-publishes an attempt seconds after a crash; the broker redelivers an
+unacknowledged command after a lost connection or a nack, and dead-letters it after its
+delivery limit. A tombstone only has to outlive the action attempts already published when
+the compensation ran (the coordinator sends no new action attempt for a step it
+compensates): a queue backlog, not days. What 7 days does not cover: an operator ``retry``
+of a saga left ``failed`` longer than the retention (the resent command's record, or the
+action record its compensation looks up, may be gone: the action runs again, the
+compensation finds nothing to undo); a coordinator down for longer; a definition without a
+deadline whose retry policies add up to more than the retention. Choose a retention longer
+than the longest of these, or ``None``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from pymongo import AsyncMongoClient, WriteConcern
+from pymongo import ASCENDING, AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import ConnectionFailure, DuplicateKeyError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
-__all__ = ["Claim", "OutcomeStore", "Record"]
+__all__ = ["DEFAULT_RECORD_RETENTION", "Claim", "OutcomeStore", "Record"]
+
+#: How long a final record is kept by default (see "Retention" above).
+DEFAULT_RECORD_RETENTION = timedelta(days=7)
+
+#: How long ``finish`` keeps retrying through connection failures (see ``finish``).
+FINISH_PATIENCE = timedelta(minutes=2)
+
+#: The field of a final record's expiry, and its TTL index (never changes: see above).
+EXPIRES_AT = "expires_at"
+
+logger = logging.getLogger("participants")
 
 Status = Literal["in_progress", "succeeded", "failed"]
 
@@ -72,6 +128,7 @@ class OutcomeStore:
         participant: The participant's name, stored on each record.
         collection: The collection name.
         lease: How long a claim holds without renewal.
+        retention: How long a final record is kept; ``None`` keeps it forever.
     """
 
     def __init__(
@@ -82,7 +139,10 @@ class OutcomeStore:
         *,
         collection: str = "participant_outcomes",
         lease: timedelta = timedelta(seconds=30),
+        retention: timedelta | None = DEFAULT_RECORD_RETENTION,
     ) -> None:
+        if retention is not None and retention <= timedelta(0):
+            raise ValueError(f"the record retention must be longer than zero, not {retention}")
         # Journaled writes: a record the database acknowledged survives its crash, so a
         # handler never runs twice because its outcome was silently lost.
         concern = WriteConcern(**{**client.write_concern.document, "j": True})
@@ -91,6 +151,40 @@ class OutcomeStore:
         )
         self.participant = participant
         self.lease = lease
+        self.retention = retention
+
+    async def ensure_indexes(self) -> None:
+        """Create the TTL index that deletes final records after their ``expires_at``.
+
+        Idempotent, and the same whatever the retention, so it never conflicts with the
+        index of an earlier run. When the server refuses it — an index on the field made by
+        hand with other options or another name (IndexOptionsConflict,
+        IndexKeySpecsConflict), no privilege to create indexes — the start goes on with a
+        warning: the records stay correct, they only expire as an existing index says, if
+        at all (the behaviour before retention existed).
+        """
+        try:
+            await self._collection.create_index(
+                [(EXPIRES_AT, ASCENDING)], expireAfterSeconds=0, sparse=True
+            )
+        except OperationFailure as exc:
+            logger.warning(
+                "[%s] could not create the TTL index {%s: 1} (expireAfterSeconds 0) on %s: "
+                "%s; final idempotency records expire only as an existing index says",
+                self.participant,
+                EXPIRES_AT,
+                self._collection.full_name,
+                (exc.details or {}).get("errmsg", str(exc)),
+            )
+
+    def _expiry(self, now: datetime) -> dict[str, datetime]:
+        """The ``expires_at`` field of a record made final at ``now`` (none: kept forever)."""
+        if self.retention is None:
+            return {}
+        try:
+            return {EXPIRES_AT: now + self.retention}
+        except OverflowError:  # past year 9999: as good as forever
+            return {}
 
     async def get(self, key: str) -> Record | None:
         """The record of ``key``, if any."""
@@ -153,12 +247,18 @@ class OutcomeStore:
     async def finish(self, claim: Claim, status: Status, reply: dict[str, Any]) -> bool:
         """Store the final outcome of ``claim``; ``False`` if the claim was lost.
 
-        The handler has run by now, so losing its outcome would run it again on the next
-        delivery: a connection failure is retried for up to the lease, then raised.
+        The handler has run by now, and giving up would run it again: the message goes back
+        to the queue and its next delivery takes the key over once the lease has passed.
+        So a connection failure (MongoDB down, restarting, or being re-discovered by the
+        driver) is retried every half second at most, for up to ``FINISH_PATIENCE`` (or the
+        lease, if longer), and only then raised. While MongoDB is unreachable nobody can
+        take the key over; the moment it answers, this retry stores the outcome.
         """
-        deadline = time.monotonic() + self.lease.total_seconds()
+        patience = max(self.lease, FINISH_PATIENCE).total_seconds()
+        deadline = time.monotonic() + patience
         delay = 0.1
         while True:
+            now = _now()
             try:
                 result = await self._collection.update_one(
                     {"_id": claim.key, "owner": claim.owner, "status": "in_progress"},
@@ -167,7 +267,8 @@ class OutcomeStore:
                             "status": status,
                             "reply": reply,
                             "lease_until": None,
-                            "updated_at": _now(),
+                            "updated_at": now,
+                            **self._expiry(now),
                         }
                     },
                 )
@@ -175,7 +276,7 @@ class OutcomeStore:
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 0.5)
                 continue
             return result.matched_count == 1
 
@@ -203,6 +304,7 @@ class OutcomeStore:
                     "created_at": now,
                     "updated_at": now,
                     **fields,
+                    **self._expiry(now),
                 }
             )
         except DuplicateKeyError:
