@@ -76,7 +76,7 @@ steps:
 _TERMINAL = re.compile(r"→ (completed|compensated|failed) \[saga_id=(\w+)")
 _STOPPED = re.compile(
     r"stopped: (\d+) transitions, (\d+) conflicts retried, (\d+) commands published, "
-    r"(\d+) relayed, (\d+) timers fired, (\d+) MongoDB commands"
+    r"(\d+) relayed, (\d+) timers fired, (\d+) MongoDB commands, (\d+) outbox entries cleared"
 )
 
 
@@ -99,7 +99,7 @@ class CoordinatorLog:
             self.running = True
             self.progress.set()
         elif (stop := _STOPPED.search(line)) is not None:
-            names = ("transitions", "conflicts", "published", "relayed", "timers", "db")
+            names = ("transitions", "conflicts", "published", "relayed", "timers", "db", "cleared")
             self.stopped = dict(zip(names, map(int, stop.groups()), strict=True))
 
 
@@ -297,6 +297,7 @@ def _coordinator_figures(
         "broker_messages_per_transition": round((commands + replies) / transitions, 3),
         "conflicts": totals["conflicts"],
         "relayed": totals["relayed"],
+        "outbox_entries_cleared": totals["cleared"],
         "cpu_s": round(run["cpu_s"], 2),
         "cpu_s_per_1000_transitions": round(run["cpu_s"] / transitions * 1000, 3),
         "peak_rss_mib": round(run["peak_rss_mib"], 1),

@@ -172,13 +172,14 @@ async def serve(
         await _run_until_stopped(settings, app, broker, service, stop, ready)
         log.info(
             "stopped: %d transitions, %d conflicts retried, %d commands published, "
-            "%d relayed, %d timers fired, %d MongoDB commands",
+            "%d relayed, %d timers fired, %d MongoDB commands, %d outbox entries cleared",
             service.stats.transitions,
             service.stats.conflicts,
             service.stats.published,
             service.stats.relayed,
             service.stats.timers_fired,
             counter.total,
+            service.stats.outbox_cleared,
         )
     finally:
         await broker.close()

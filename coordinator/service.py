@@ -534,12 +534,13 @@ class SagaService:
             self.stats.outbox_flushes += 1
         return cleared
 
-    async def run_outbox_clearer(self, retry_delay: float = 1.0, linger: float = 0.2) -> None:
+    async def run_outbox_clearer(self, retry_delay: float = 1.0, linger: float = 1.0) -> None:
         """Background task: flush queued clears in batches (cancel to stop).
 
         After the first clear is queued it waits ``linger`` seconds: the batch grows, and
         the sagas that move on meanwhile take their clears off the queue (their next save
-        drops the entries). An entry waiting for its clear is harmless: this process never
+        drops the entries). One second covers a participant's usual answer time, so most
+        commands never cost a clear of their own, and stays well below ``relay_age``. An entry waiting for its clear is harmless: this process never
         relays what it published, and others relay only entries older than ``relay_age``.
         """
         while True:
