@@ -540,8 +540,9 @@ class SagaService:
         After the first clear is queued it waits ``linger`` seconds: the batch grows, and
         the sagas that move on meanwhile take their clears off the queue (their next save
         drops the entries). One second covers a participant's usual answer time, so most
-        commands never cost a clear of their own, and stays well below ``relay_age``. An entry waiting for its clear is harmless: this process never
-        relays what it published, and others relay only entries older than ``relay_age``.
+        commands never cost a clear of their own, and stays well below ``relay_age``. An
+        entry waiting for its clear is harmless: this process never relays what it
+        published, and others relay only entries older than ``relay_age``.
         """
         while True:
             await self._clear_wakeup.wait()
