@@ -152,6 +152,7 @@ class SagaService:
         self._latest: list[SagaDefinition] = []
         self._latest_loaded_at: datetime | None = None
         self._to_clear: dict[str, list[str]] = {}
+        self._queued_at: dict[str, datetime] = {}
         self._cache_size = state_cache
         self._cache: OrderedDict[str, SagaState] = OrderedDict()
         self._clear_wakeup = asyncio.Event()
@@ -487,9 +488,11 @@ class SagaService:
         self._queue_clear(commands)
 
     def _queue_clear(self, commands: Iterable[Command]) -> None:
+        now = self._clock()
         for command in commands:
             saga_id = str(command.headers.get(HEADER_SAGA_ID, ""))
             self._to_clear.setdefault(saga_id, []).append(command.message_id)
+            self._queued_at.setdefault(saga_id, now)
             self._recently_published[command.message_id] = None
         while len(self._recently_published) > _RECENT_LIMIT:
             del self._recently_published[next(iter(self._recently_published))]
@@ -506,19 +509,24 @@ class SagaService:
             self._to_clear[saved.id] = kept
         else:
             del self._to_clear[saved.id]
+            del self._queued_at[saved.id]
 
-    def _take_clears(self, limit: int) -> list[tuple[str, str]]:
+    def _take_clears(self, limit: int, queued_before: datetime | None) -> list[tuple[str, str]]:
+        """Up to about ``limit`` queued entries, oldest first; only older ones if given."""
         batch: list[tuple[str, str]] = []
         while self._to_clear and len(batch) < limit:
             saga_id = next(iter(self._to_clear))
+            if queued_before is not None and self._queued_at[saga_id] > queued_before:
+                break
+            del self._queued_at[saga_id]
             batch.extend((saga_id, message_id) for message_id in self._to_clear.pop(saga_id))
         return batch
 
-    async def flush_outbox(self) -> int:
-        """Clear every queued published entry now, in one round trip per batch."""
+    async def flush_outbox(self, queued_before: datetime | None = None) -> int:
+        """Clear the queued published entries now (only those queued before ``queued_before``
+        if given), in one round trip per batch."""
         cleared = 0
-        while self._to_clear:
-            batch = self._take_clears(1000)
+        while batch := self._take_clears(1000, queued_before):
             try:
                 await self._store.clear_outbox(batch)
             except BaseException:
@@ -527,6 +535,10 @@ class SagaService:
                     requeued.setdefault(saga_id, []).append(message_id)
                 for saga_id, message_ids in self._to_clear.items():
                     requeued.setdefault(saga_id, []).extend(message_ids)
+                now = self._clock()
+                self._queued_at = {
+                    saga_id: self._queued_at.get(saga_id, now) for saga_id in requeued
+                }
                 self._to_clear = requeued
                 raise
             cleared += len(batch)
@@ -537,23 +549,28 @@ class SagaService:
     async def run_outbox_clearer(self, retry_delay: float = 1.0, linger: float = 1.0) -> None:
         """Background task: flush queued clears in batches (cancel to stop).
 
-        After the first clear is queued it waits ``linger`` seconds: the batch grows, and
-        the sagas that move on meanwhile take their clears off the queue (their next save
-        drops the entries). One second covers a participant's usual answer time, so most
-        commands never cost a clear of their own, and stays well below ``relay_age``. An
-        entry waiting for its clear is harmless: this process never relays what it
-        published, and others relay only entries older than ``relay_age``.
+        Every entry waits ``linger`` seconds after it was queued; meanwhile the sagas that
+        move on take their clears off the queue (their next save drops the entries), and
+        the entries that come due together leave in one batch. One second covers a
+        participant's usual answer time, so most commands never cost a clear of their own,
+        and stays well below ``relay_age``. An entry waiting for its clear is harmless:
+        this process never relays what it published, and others relay only entries older
+        than ``relay_age``.
         """
         while True:
             await self._clear_wakeup.wait()
-            await asyncio.sleep(linger)
             self._clear_wakeup.clear()
-            try:
-                await self.flush_outbox()
-            except AdapterError as exc:
-                log.warning("clearing published outbox entries failed: %s", exc)
-                await asyncio.sleep(retry_delay)
-                self._clear_wakeup.set()
+            while self._queued_at:
+                due = next(iter(self._queued_at.values())) + timedelta(seconds=linger)
+                wait = (due - self._clock()).total_seconds()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # the oldest entry may have been taken off meanwhile
+                try:
+                    await self.flush_outbox(queued_before=self._clock() - timedelta(seconds=linger))
+                except AdapterError as exc:
+                    log.warning("clearing published outbox entries failed: %s", exc)
+                    await asyncio.sleep(retry_delay)
 
 
 def _business_key(value: Any) -> str:

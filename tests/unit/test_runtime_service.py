@@ -213,6 +213,21 @@ async def test_commands_left_unpublished_are_relayed_once_old_enough() -> None:
     assert store.sagas[saga.id].outbox == []
 
 
+async def test_outbox_clears_wait_their_linger_each_and_skip_what_a_save_dropped() -> None:
+    service, store, _, clock = await make_service()
+    early, _ = await service.start_saga("order", {}, key="early")
+    clock.now += timedelta(seconds=2)
+    late, _ = await service.start_saga("order", {}, key="late")
+    answered, _ = await service.start_saga("order", {}, key="answered")
+    await service.on_reply(answered.id, succeeded("reserve"))  # its save dropped a.reserve
+    assert await service.flush_outbox(queued_before=T0 + timedelta(seconds=1)) == 1
+    assert store.sagas[early.id].outbox == []
+    assert len(store.sagas[late.id].outbox) == 1  # queued after the cut: still waiting
+    assert await service.flush_outbox() == 2  # late's a.reserve, answered's b.charge
+    assert store.sagas[late.id].outbox == [] and store.sagas[answered.id].outbox == []
+    assert service.stats.outbox_cleared == 3
+
+
 async def test_a_due_timer_sends_the_next_attempt() -> None:
     service, _, publisher, clock = await make_service()
     await service.start_saga("order", {})
