@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import httpx
+import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pymongo import AsyncMongoClient
 
@@ -367,3 +370,22 @@ steps:
 
 def write(definitions_dir: Path, name: str, text: str) -> None:
     (definitions_dir / f"{name}.yaml").write_text(text)
+
+
+# -- the local broker's control tool --------------------------------------------------------
+def local_rabbitmqctl(amqp_url: str) -> str:
+    """The ``rabbitmqctl`` executable, or skip: the broker must be this machine's."""
+    host = urlsplit(amqp_url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip(f"the broker is at {host!r}: rabbitmqctl here cannot close its connections")
+    exe = shutil.which("rabbitmqctl")
+    if exe is None:
+        pytest.skip("rabbitmqctl is not on PATH: cannot force-close broker connections")
+    return exe
+
+
+def rabbitmqctl(exe: str, *args: str) -> str:
+    """Run ``rabbitmqctl *args`` and return its output; fail the test if it fails."""
+    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"rabbitmqctl {args} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout

@@ -16,13 +16,9 @@ not on ``PATH``."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
@@ -36,6 +32,8 @@ from tests.integration.helpers import (
     Recorder,
     Sagas,
     history_events,
+    local_rabbitmqctl,
+    rabbitmqctl,
     running,
     succeeding,
     write,
@@ -44,40 +42,9 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 
-def _rabbitmqctl(amqp_url: str) -> str:
-    """The ``rabbitmqctl`` executable, or skip: the broker must be the local one."""
-    if os.environ.get("SAGA_TEST_AMQP_URL"):
-        host = urlsplit(amqp_url).hostname or ""
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            pytest.skip(
-                f"SAGA_TEST_AMQP_URL names the broker at {host!r}: rabbitmqctl here cannot "
-                "close its connections"
-            )
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        pytest.skip("rabbitmqctl is not on PATH: cannot force-close the broker's connections")
-    return exe
-
-
 def _connection_names(exe: str) -> set[str]:
-    done = subprocess.run(
-        [exe, "-q", "--no-table-headers", "list_connections", "name"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return {line.strip() for line in done.stdout.splitlines() if line.strip()}
-
-
-def _close_all_connections(exe: str) -> None:
-    done = subprocess.run(
-        [exe, "close_all_connections", "test"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, f"rabbitmqctl failed:\n{done.stdout}\n{done.stderr}"
+    output = rabbitmqctl(exe, "-q", "--no-table-headers", "list_connections", "name")
+    return {line.strip() for line in output.splitlines() if line.strip()}
 
 
 async def test_losing_every_broker_connection_finishes_every_saga_once(
@@ -88,7 +55,7 @@ async def test_losing_every_broker_connection_finishes_every_saga_once(
     broker: Broker,
     sagas: Sagas,
 ) -> None:
-    rabbitmqctl = _rabbitmqctl(amqp_url)
+    ctl = local_rabbitmqctl(amqp_url)
     write(definitions_dir, "load", LOAD)
     total = 60
     recorder = Recorder()
@@ -99,7 +66,7 @@ async def test_losing_every_broker_connection_finishes_every_saga_once(
     coordinator = coordinators().start()
     async with running(a, b):
         await coordinator.wait_ready()
-        names_before = await asyncio.to_thread(_connection_names, rabbitmqctl)
+        names_before = await asyncio.to_thread(_connection_names, ctl)
         # The coordinator, the two participants and the test itself are connected.
         assert len(names_before) >= 4, names_before
         await asyncio.gather(
@@ -110,7 +77,7 @@ async def test_losing_every_broker_connection_finishes_every_saga_once(
             within=30,
             what="the first completions",
         )
-        await asyncio.to_thread(_close_all_connections, rabbitmqctl)
+        await asyncio.to_thread(rabbitmqctl, ctl, "close_all_connections", "test")
         # Taken after the close: a saga not terminal here was in flight when it happened.
         after_close = await sagas.all()
         await asyncio.sleep(2.0)
@@ -122,7 +89,7 @@ async def test_losing_every_broker_connection_finishes_every_saga_once(
         except AssertionError as exc:
             raise AssertionError(f"{exc}\ncoordinator log:\n{coordinator.log()[-4000:]}") from exc
         # Every connection that existed before is gone: the clients run on new ones.
-        names_after = await asyncio.to_thread(_connection_names, rabbitmqctl)
+        names_after = await asyncio.to_thread(_connection_names, ctl)
         assert not names_before & names_after, names_before & names_after
         assert coordinator.proc.poll() is None, (
             f"the coordinator exited:\n{coordinator.log()[-4000:]}"

@@ -17,18 +17,21 @@ few seconds. The coordinator keeps running and stops cleanly on SIGTERM.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.integration.helpers import Broker, Coordinator, DatabaseServer
+from tests.integration.helpers import (
+    Broker,
+    Coordinator,
+    DatabaseServer,
+    local_rabbitmqctl,
+    rabbitmqctl,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -112,43 +115,18 @@ async def test_readyz_answers_503_while_mongodb_is_down_and_200_once_it_is_back(
     assert await coordinator.terminate() == 0, coordinator.log()[-4000:]
 
 
-def _rabbitmqctl(amqp_url: str) -> str:
-    """The ``rabbitmqctl`` executable, or skip: the broker must be the local one."""
-    host = urlsplit(amqp_url).hostname or ""
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip(f"the broker is at {host!r}: rabbitmqctl here cannot close its connections")
-    exe = shutil.which("rabbitmqctl")
-    if exe is None:
-        pytest.skip("rabbitmqctl is not on PATH: cannot force-close the coordinator's connection")
-    return exe
-
-
 def _connection_pids(exe: str, connection_name: str) -> list[str]:
     """The broker's pids of the connections whose ``connection_name`` is the one given."""
-    done = subprocess.run(
-        [exe, "-q", "--no-table-headers", "list_connections", "pid", "client_properties"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
+    output = rabbitmqctl(
+        exe, "-q", "--no-table-headers", "list_connections", "pid", "client_properties"
     )
     wanted = f'{{"connection_name","{connection_name}"}}'
     pids = []
-    for line in done.stdout.splitlines():
+    for line in output.splitlines():
         pid, _, properties = line.partition("\t")
         if wanted in properties:
             pids.append(pid.strip())
     return pids
-
-
-def _close_connection(exe: str, pid: str) -> None:
-    done = subprocess.run(
-        [exe, "close_connection", pid, "test_readiness"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, f"rabbitmqctl failed:\n{done.stdout}\n{done.stderr}"
 
 
 async def test_readyz_answers_503_while_the_broker_connection_is_lost_and_200_once_restored(
@@ -157,18 +135,18 @@ async def test_readyz_answers_503_while_the_broker_connection_is_lost_and_200_on
     coordinators: Callable[..., Coordinator],
     broker: Broker,  # deletes the test's topology afterwards
 ) -> None:
-    rabbitmqctl = _rabbitmqctl(amqp_url)
+    ctl = local_rabbitmqctl(amqp_url)
     coordinator = coordinators().start()
     await coordinator.wait_ready(within=30)
     assert coordinator.proc is not None
     # RabbitBroker's default connection name: unique to this test (prefix) and process (pid).
     name = f"saga-coordinator {prefix} {socket.gethostname()}:{coordinator.proc.pid}"
-    [pid] = await asyncio.to_thread(_connection_pids, rabbitmqctl, name)
+    [pid] = await asyncio.to_thread(_connection_pids, ctl, name)
     async with httpx.AsyncClient(base_url=coordinator.url, timeout=10) as http:
         probes = Probes(http, coordinator)
         assert_ready(await probes.wait_readiness(200, within=5))
 
-        await asyncio.to_thread(_close_connection, rabbitmqctl, pid)
+        await asyncio.to_thread(rabbitmqctl, ctl, "close_connection", pid, "test_readiness")
         # The robust connection waits 5 s before reconnecting: polled every 0.1 s, the
         # outage cannot be missed.
         body = await probes.wait_readiness(503, within=5)
@@ -176,7 +154,7 @@ async def test_readyz_answers_503_while_the_broker_connection_is_lost_and_200_on
 
         assert_ready(await probes.wait_readiness(200, within=20))
         # Reconnected under the same name, on a new connection.
-        [new_pid] = await asyncio.to_thread(_connection_pids, rabbitmqctl, name)
+        [new_pid] = await asyncio.to_thread(_connection_pids, ctl, name)
         assert new_pid != pid
         response = await probes.get("/readyz")
         assert response.status_code == 200, response.text
