@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 
 from fastapi import FastAPI
 
+from coordinator.api.head import HeadAsGetMiddleware
 from coordinator.api.health import HEALTH_STATE_KEY, HealthChecks
 from coordinator.api.health import router as health_router
 from coordinator.ports import SagaStore
@@ -25,7 +26,8 @@ def create_app(
     install: Iterable[Callable[[FastAPI], None]] = (),
     title: str = "Saga coordinator",
 ) -> FastAPI:
-    """The HTTP app: ``/healthz``, ``/readyz``, plus whatever ``install`` adds.
+    """The HTTP app: ``/healthz``, ``/readyz``, plus whatever ``install`` adds; ``HEAD``
+    answers like ``GET`` without the body, everywhere.
 
     Args:
         store: pinged by ``/readyz``.
@@ -38,4 +40,5 @@ def create_app(
     app.include_router(health_router)
     for step in install:
         step(app)
+    app.add_middleware(HeadAsGetMiddleware)  # outermost: HEAD is GET for everything inside
     return app

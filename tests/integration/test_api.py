@@ -481,6 +481,20 @@ async def test_unknown_route_method_and_crash_are_problems(api: Api) -> None:
     assert "secret" not in crashed["detail"]
 
 
+async def test_head_answers_like_get_without_the_body(api: Api) -> None:
+    await register(api)
+    saga = (await start(api, key="k-head")).json()
+    for path in ("/healthz", "/v1/definitions", f"/v1/sagas/{saga['id']}", "/v1/sagas?limit=1"):
+        got, head = await api.client.get(path), await api.client.head(path)
+        assert got.status_code == head.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and got.content
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == str(len(got.content))
+    missing = await api.client.head("/v1/sagas/nope")
+    assert missing.status_code == 404 and missing.content == b""
+    assert (await api.client.head("/v1/sagas/nope/cancel")).status_code == 405
+
+
 async def test_openapi_and_docs(api: Api) -> None:
     schema = (await api.client.get("/openapi.json")).json()
     assert {"/v1/sagas", "/v1/sagas/{saga_id}/cancel", "/v1/definitions"} <= schema["paths"].keys()
