@@ -37,7 +37,7 @@ from pymongo import AsyncMongoClient
 
 from participants._delivery import MAX_BODY_BYTES, BadCommand, Command, decode_command
 from participants._execution import ContextLogger, Executor, Handler
-from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore
+from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore, checked_retention
 from participants.settings import ParticipantSettings
 from schemas.envelope import HEADER_REJECTION, REPLY_COPIED_HEADERS, Exchanges
 from schemas.topology import DeclaredExchanges, declare_exchanges, queue_arguments
@@ -101,11 +101,6 @@ class Participant:
     ) -> None:
         if not name or "." in name or "#" in name or "*" in name:
             raise ValueError(f"participant name {name!r} must be non-empty, without '.', '*', '#'")
-        if record_retention is not None and record_retention <= timedelta(0):
-            raise ValueError(
-                f"record_retention must be longer than zero (None keeps records forever), "
-                f"not {record_retention}"
-            )
         self.name = name
         self.exchanges = Exchanges(prefix)
         self.queue_name = queue or f"{name}.commands"
@@ -119,7 +114,7 @@ class Participant:
         self._database = database
         self._collection = collection
         self._lease = timedelta(seconds=lease)
-        self.record_retention = record_retention
+        self.record_retention = checked_retention(record_retention)
         self._executor = Executor(name)
         self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self._connection: AbstractRobustConnection | None = None

@@ -83,6 +83,17 @@ EXPIRES_AT = "expires_at"
 
 logger = logging.getLogger("participants")
 
+
+def checked_retention(retention: timedelta | None) -> timedelta | None:
+    """``retention`` if it is longer than zero or ``None`` (forever); else ``ValueError``."""
+    if retention is not None and retention <= timedelta(0):
+        raise ValueError(
+            f"the record retention must be longer than zero (None keeps records forever), "
+            f"not {retention}"
+        )
+    return retention
+
+
 Status = Literal["in_progress", "succeeded", "failed"]
 
 
@@ -141,8 +152,6 @@ class OutcomeStore:
         lease: timedelta = timedelta(seconds=30),
         retention: timedelta | None = DEFAULT_RECORD_RETENTION,
     ) -> None:
-        if retention is not None and retention <= timedelta(0):
-            raise ValueError(f"the record retention must be longer than zero, not {retention}")
         # Journaled writes: a record the database acknowledged survives its crash, so a
         # handler never runs twice because its outcome was silently lost.
         concern = WriteConcern(**{**client.write_concern.document, "j": True})
@@ -151,7 +160,7 @@ class OutcomeStore:
         )
         self.participant = participant
         self.lease = lease
-        self.retention = retention
+        self.retention = checked_retention(retention)
 
     async def ensure_indexes(self) -> None:
         """Create the TTL index that deletes final records after their ``expires_at``.

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from participants._delivery import MAX_BODY_BYTES
-from participants._store import DEFAULT_RECORD_RETENTION
+from participants._store import DEFAULT_RECORD_RETENTION, checked_retention
 from schemas.definition import DURATION_PATTERN, parse_duration
 
 __all__ = ["ParticipantSettings"]
@@ -66,6 +66,4 @@ class ParticipantSettings(BaseSettings):
     @field_validator("record_retention")
     @classmethod
     def _positive_retention(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be longer than zero (none keeps records forever)")
-        return value
+        return checked_retention(value)
