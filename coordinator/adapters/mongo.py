@@ -109,8 +109,15 @@ class _Write:
     """One saga write of a batch: an insert (``expected`` None) or a conditional replace."""
 
     doc: Document
-    expected: int | None = None
-    token: str = ""
+    expected: int | None
+    token: str
+
+    @classmethod
+    def of(cls, state: SagaState, expected: int | None) -> _Write:
+        """``state``'s document, carrying a fresh ``write_token``."""
+        doc = state.to_document()
+        token = doc[WRITE_FIELD] = uuid4().hex
+        return cls(doc, expected, token)
 
 
 # -- the stored form, shared with the in-memory double ----------------------------------
@@ -348,9 +355,7 @@ class MongoSagaStore:
 
     async def insert_saga(self, state: SagaState) -> None:
         """Insert; a taken (definition, key) — or saga id — raises ``DuplicateSaga``."""
-        doc = state.to_document()
-        token = doc[WRITE_FIELD] = uuid4().hex
-        inserted = await self._writes.submit(_Write(doc, None, token))
+        inserted = await self._writes.submit(_Write.of(state, None))
         if not inserted:
             with _translate_errors("find the saga holding a key"):
                 existing = None
@@ -381,10 +386,7 @@ class MongoSagaStore:
         return None if doc is None else self._state(doc)
 
     async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        doc = state.to_document()
-        token = uuid4().hex
-        doc[WRITE_FIELD] = token
-        return await self._writes.submit(_Write(doc, expected_revision, token))
+        return await self._writes.submit(_Write.of(state, expected_revision))
 
     async def _write_batch(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
         """One unordered bulk write; per write: inserted / replaced (True) or not (False)."""
