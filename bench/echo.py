@@ -25,6 +25,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
+from bench.participants import NAMES
 from schemas.envelope import (
     DEFAULT_REPLY_TO,
     HEADER_KIND,
@@ -35,7 +36,6 @@ from schemas.envelope import (
 )
 from schemas.topology import declare_exchanges, queue_arguments
 
-NAMES = ("alpha", "beta", "gamma")
 _FAILED = {
     "status": "failed",
     "error": {

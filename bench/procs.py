@@ -27,10 +27,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (``state`` is field 0)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
@@ -56,10 +61,10 @@ def broker_pid() -> int | None:
                 continue
             if b"rabbit" not in (proc / "cmdline").read_bytes():
                 continue
-            stat = (proc / "stat").read_text()
+            started = int(_stat_fields(proc.name)[19])
         except OSError:  # gone meanwhile, or not ours to read
             continue
-        found.append((int(stat[stat.rindex(")") + 2 :].split()[19]), int(proc.name)))
+        found.append((started, int(proc.name)))
     return min(found)[1] if found else None
 
 
