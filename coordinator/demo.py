@@ -3,9 +3,10 @@
 It starts a MongoDB-compatible server (SecantusDB) when ``SAGA_MONGODB_URL`` is unset,
 the coordinator (consumers, timers, REST API), the example participants and the
 definitions in ``schemas/``; then it publishes trigger events the way any service would,
-waits for each saga to end, and prints its timeline. Everything it creates is its own: a
-fresh exchange prefix and database, removed at the end. Exit 0 when every sample saga
-ended as expected.
+prints each saga's timeline as soon as it ends (and, while none ends, what it is waiting
+for). Everything it creates is its own: a fresh exchange prefix and database, removed at the
+end. ``--keep`` leaves the service, its console and the participants running until Ctrl-C.
+Exit 0 when every sample saga ended as expected.
 """
 
 from __future__ import annotations
@@ -14,28 +15,31 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
+import signal
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aio_pika
 
 import schemas
 from coordinator.adapters.mongo import MongoSagaStore
+from coordinator.api.sagas import saga_out
 from coordinator.app import serve
-from coordinator.embedded import EmbeddedServerError, server_url, start_server, stop_server
-from coordinator.engine.state import HistoryEntry, SagaState
+from coordinator.engine.state import SagaState
+from coordinator.local import (
+    EXAMPLES,
+    amqp_problem,
+    embedded_mongodb,
+    example_participants,
+    free_port,
+    service_urls,
+)
 from coordinator.settings import CoordinatorSettings
-from participants import Participant
-from participants.examples import flights, hotels, inventory, payments, shipping
+from coordinator.timeline import timeline
 from schemas.envelope import Exchanges
 
 __all__ = ["main"]
@@ -116,61 +120,6 @@ def _samples(run: str) -> list[Sample]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _reachable(url: str, default_port: int) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection(
-            (parts.hostname or "127.0.0.1", parts.port or default_port), 3
-        ):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _embedded_mongodb() -> Iterator[str]:
-    """A SecantusDB server on a free port, in memory, for the demo's lifetime."""
-    port = _free_port()
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = start_server(port, output=out)
-        except EmbeddedServerError as exc:
-            out.seek(0)
-            raise SystemExit(
-                f"no MongoDB: set SAGA_MONGODB_URL, or {exc}\n"
-                + out.read().decode(errors="replace")[-2000:]
-            ) from exc
-        try:
-            yield server_url(port)
-        finally:
-            stop_server(proc)
-
-
-@contextlib.asynccontextmanager
-async def _participants(settings: CoordinatorSettings) -> AsyncIterator[list[Participant]]:
-    prefix = settings.exchange_prefix
-    built = [
-        module.build(
-            amqp_url=settings.amqp_url,
-            mongodb_url=settings.mongodb_url,
-            mongodb_database=settings.mongodb_database,
-            exchange_prefix=prefix,
-            queue=f"{prefix}.{module.NAME}.commands",
-        )
-        for module in (inventory, payments, shipping, flights, hotels)
-    ]
-    async with contextlib.AsyncExitStack() as stack:
-        for participant in built:
-            await stack.enter_async_context(participant)
-        yield built
-
-
 async def _publish_events(settings: CoordinatorSettings, samples: list[Sample]) -> None:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
@@ -188,65 +137,73 @@ async def _publish_events(settings: CoordinatorSettings, samples: list[Sample]) 
             )
 
 
-async def _wait_for(
+_ENDED = frozenset({"completed", "compensated", "failed"})
+
+#: Seconds without a saga ending after which the demo says what it is waiting for.
+_QUIET = 2.0
+
+
+async def _stream(
     store: MongoSagaStore, samples: list[Sample], patience: float
 ) -> dict[str, SagaState | None]:
-    """The saga of each sample once it has ended (or as it stands at the timeout)."""
+    """Print each sample's timeline as soon as its saga ends, and, while none ends, what
+    the demo is waiting for; return every sample's saga (as it stands at the timeout)."""
     found: dict[str, SagaState | None] = {sample.key: None for sample in samples}
+    printed: set[str] = set()
     deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
+    said = time.monotonic()
+    while len(printed) < len(samples) and time.monotonic() < deadline:
         for sample in samples:
-            state = await store.find_saga(sample.definition, sample.key)
-            found[sample.key] = state
-        if all(state is not None and state.status in _ENDED for state in found.values()):
-            break
+            if sample.key in printed:
+                continue
+            state = found[sample.key] = await store.find_saga(sample.definition, sample.key)
+            if state is not None and state.status in _ENDED:
+                print(_timeline(sample, state), flush=True)
+                printed.add(sample.key)
+                said = time.monotonic()
+        if printed != found.keys() and time.monotonic() - said >= _QUIET:
+            pending = [s for s in samples if s.key not in printed]
+            print(_waiting(pending, found), flush=True)
+            said = time.monotonic()
         await asyncio.sleep(0.2)
+    for sample in samples:
+        if sample.key not in printed:
+            print(_timeline(sample, found[sample.key]), flush=True)
     return found
 
 
-_ENDED = frozenset({"completed", "compensated", "failed"})
+def _waiting(pending: list[Sample], found: dict[str, SagaState | None]) -> str:
+    """``… waiting for N sagas: key: step kind #attempt what; …``."""
+    parts = []
+    for sample in pending:
+        state = found[sample.key]
+        parts.append(f"{sample.key}: {_doing(state) if state is not None else 'not started yet'}")
+    noun = "saga" if len(pending) == 1 else "sagas"
+    return f"… waiting for {len(pending)} {noun}: " + "; ".join(parts)
+
+
+def _doing(state: SagaState) -> str:
+    """What a running or compensating saga waits for: a reply, or a retry's backoff."""
+    for step in state.steps:
+        for kind, phase in (("action", step.action), ("compensation", step.compensation)):
+            where = f"{step.name} {kind} #{phase.attempt}"
+            if phase.waiting:
+                return f"{where} sent, awaiting its reply"
+            if phase.retry_at is not None:
+                return f"{where} failed, retry scheduled"
+    return state.status
 
 
 def _timeline(sample: Sample, state: SagaState | None) -> str:
     if state is None:
         return f"✗ {sample.title}: no saga was started for key {sample.key}\n"
     mark = "✓" if state.status == sample.expect else "✗"
-    took = (state.updated_at - state.created_at).total_seconds()
-    lines = [
-        f"{mark} {sample.title}",
-        f"  {state.definition} v{state.definition_version}  key={state.key}  "
-        f"saga={state.id}  → {state.status} in {took:.2f}s",
-    ]
-    lines.extend(f"    {_entry(state.created_at, entry)}" for entry in state.history)
-    if state.reason is not None:
-        lines.append(f"  reason: {state.reason.code}: {state.reason.message}")
-    return "\n".join(lines) + "\n"
+    saga = saga_out(state).model_dump(mode="json")
+    history = [entry.model_dump(mode="json") for entry in state.history]
+    return "\n".join([f"{mark} {sample.title}", *timeline(saga, history)]) + "\n"
 
 
-def _entry(start: datetime, entry: HistoryEntry) -> str:
-    offset = (entry.at - start).total_seconds()
-    where = entry.step or ""
-    if entry.kind is not None and entry.attempt is not None:
-        where += f" {entry.kind} #{entry.attempt}"
-    return f"+{offset:6.2f}s  {entry.event:<29} {where:<32} {_note(entry)}".rstrip()
-
-
-def _note(entry: HistoryEntry) -> str:
-    """The one detail of a history entry worth a reader's eye."""
-    detail = entry.detail
-    error = detail.get("error")
-    if isinstance(error, dict):
-        return f"{error.get('code')}: {error.get('message', '')}"[:70]
-    if "delay_ms" in detail:
-        return f"in {int(detail['delay_ms']) / 1000:.2f}s"
-    if "reason" in detail:
-        return str(detail["reason"])[:70]
-    if "source" in detail:
-        return str(detail["source"])
-    return ""
-
-
-async def _run(settings: CoordinatorSettings, run: str) -> int:
+async def _run(settings: CoordinatorSettings, run: str, *, keep: bool) -> int:
     samples = _samples(run)
     stop = asyncio.Event()
     ready = asyncio.Event()
@@ -260,23 +217,29 @@ async def _run(settings: CoordinatorSettings, run: str) -> int:
             coordinator.result()
             return 1
         print(
-            "coordinator ready (REST API on "
-            f"http://{settings.http_host}:{settings.http_port}/docs); "
-            f"publishing {len(samples)} events on {settings.exchange_prefix}.events\n"
+            f"coordinator ready; publishing {len(samples)} events on "
+            f"{settings.exchange_prefix}.events; each saga's timeline follows as it ends\n",
+            flush=True,
         )
-        async with _participants(settings):
+        async with example_participants(settings):
             started = time.monotonic()
             await _publish_events(settings, samples)
-            found = await _wait_for(store, samples, patience=90)
+            found = await _stream(store, samples, patience=90)
             elapsed = time.monotonic() - started
-        for sample in samples:
-            print(_timeline(sample, found[sample.key]))
-        good = sum(
-            1
-            for sample in samples
-            if (state := found[sample.key]) is not None and state.status == sample.expect
-        )
-        print(f"{good} of {len(samples)} sample sagas ended as expected, in {elapsed:.1f}s")
+            good = sum(
+                1
+                for sample in samples
+                if (state := found[sample.key]) is not None and state.status == sample.expect
+            )
+            print(f"{good} of {len(samples)} sample sagas ended as expected, in {elapsed:.1f}s")
+            if keep:
+                await _keep_running(settings)
+            else:
+                print(
+                    "\nTo look around afterwards: `saga-coordinator demo --keep` leaves the\n"
+                    "service and its console running; `saga-coordinator dev --examples` runs\n"
+                    "them with data that persists."
+                )
         return 0 if good == len(samples) else 1
     finally:
         stop.set()
@@ -284,6 +247,23 @@ async def _run(settings: CoordinatorSettings, run: str) -> int:
             await coordinator
         await _cleanup(settings, store)
         await store.close()
+
+
+async def _keep_running(settings: CoordinatorSettings) -> None:
+    """Serve until SIGINT/SIGTERM, with the URLs printed."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("\nThe service keeps running (--keep):")
+    for what, url in service_urls(settings):
+        print(f"  {what:<12} {url}")
+    print(
+        f"  saga-coordinator sagas list --url http://127.0.0.1:{settings.http_port}\n"
+        "Ctrl-C stops it and removes the demo's data.",
+        flush=True,
+    )
+    await stop.wait()
 
 
 async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None:
@@ -295,10 +275,7 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
         f"{prefix}.coordinator.replies",
         f"{prefix}.dead-letter",
     ]
-    queues += [
-        f"{prefix}.{name}.commands"
-        for name in ("inventory", "payments", "shipping", "flights", "hotels")
-    ]
+    queues += [f"{prefix}.{module.NAME}.commands" for module in EXAMPLES]
     with contextlib.suppress(Exception):
         connection = await aio_pika.connect(settings.amqp_url)
         async with connection:
@@ -316,29 +293,25 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
         await store.drop_database()
 
 
-def main() -> int:
-    """``saga-coordinator demo``."""
+def main(*, keep: bool = False) -> int:
+    """``saga-coordinator demo [--keep]``."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     base = CoordinatorSettings()
-    if not _reachable(base.amqp_url, 5672):
-        print(
-            f"RabbitMQ is not reachable at {urlsplit(base.amqp_url).hostname}:"
-            f"{urlsplit(base.amqp_url).port or 5672}. Start it (`rabbitmq-server -detached`, "
-            "or `docker compose up -d rabbitmq`) or set SAGA_AMQP_URL.",
-            file=sys.stderr,
-        )
+    problem = amqp_problem(base.amqp_url)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 1
     run = uuid.uuid4().hex[:6]
     overrides: dict[str, Any] = {
         "exchange_prefix": f"saga-demo-{run}",
         "mongodb_database": f"saga_demo_{run}",
-        "http_port": _free_port(),
+        "http_port": base.http_port if keep else free_port(),
         "definitions_dir": Path(schemas.__file__).parent,
         "timer_interval": 0.1,
     }
     with contextlib.ExitStack() as stack:
         if "mongodb_url" not in base.model_fields_set:
-            print("starting an embedded MongoDB-compatible server (SecantusDB)")
-            overrides["mongodb_url"] = stack.enter_context(_embedded_mongodb())
+            print("starting an embedded MongoDB-compatible server (SecantusDB)", flush=True)
+            overrides["mongodb_url"] = stack.enter_context(embedded_mongodb(free_port()))
         settings = base.model_copy(update=overrides)
-        return asyncio.run(_run(settings, run))
+        return asyncio.run(_run(settings, run, keep=keep))

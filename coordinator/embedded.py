@@ -51,6 +51,7 @@ def start_server(
     output: IO[bytes] | int = subprocess.DEVNULL,
     within: float = 30.0,
     replica_set: bool = False,
+    new_session: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a server on ``127.0.0.1:port`` and return once it answers ``ping``.
 
@@ -58,7 +59,8 @@ def start_server(
     The server is standalone, like the ``mongod`` of ``compose.yaml``: nothing here needs a
     replica set, and a standalone server keeps no oplog and no retryable-write records
     (both cost the embedded server CPU on every write). ``replica_set=True`` advertises a
-    single-node replica set instead (change streams, retryable writes).
+    single-node replica set instead (change streams, retryable writes). ``new_session=True``
+    starts it in a session of its own, out of reach of the terminal's Ctrl-C.
 
     Raises:
         EmbeddedServerError: not installed, exited, or not answering ``within`` seconds.
@@ -76,6 +78,7 @@ def start_server(
         ],
         stdout=output,
         stderr=subprocess.STDOUT,
+        start_new_session=new_session,
     )
     try:
         wait_until_answering(server_url(port), proc, within=within)
