@@ -30,6 +30,7 @@ from coordinator.adapters.mongo import MongoSagaStore
 from coordinator.api.sagas import saga_out
 from coordinator.app import serve
 from coordinator.engine.state import SagaState
+from coordinator.errors import AdapterError
 from coordinator.local import (
     EXAMPLES,
     amqp_problem,
@@ -314,4 +315,8 @@ def main(*, keep: bool = False) -> int:
             print("starting an embedded MongoDB-compatible server (SecantusDB)", flush=True)
             overrides["mongodb_url"] = stack.enter_context(embedded_mongodb(free_port()))
         settings = base.model_copy(update=overrides)
-        return asyncio.run(_run(settings, run, keep=keep))
+        try:
+            return asyncio.run(_run(settings, run, keep=keep))
+        except (AdapterError, OSError) as exc:
+            print(f"the demo cannot run: {exc}", file=sys.stderr)
+            return 1
