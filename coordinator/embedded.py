@@ -6,7 +6,9 @@ one place that knows how. SecantusDB comes with the ``embedded`` extra.
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'saga-coordinator[embedded]'"
+_PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedServerError(RuntimeError):
@@ -52,6 +55,7 @@ def start_server(
     within: float = 30.0,
     replica_set: bool = False,
     new_session: bool = False,
+    die_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a server on ``127.0.0.1:port`` and return once it answers ``ping``.
 
@@ -60,7 +64,9 @@ def start_server(
     replica set, and a standalone server keeps no oplog and no retryable-write records
     (both cost the embedded server CPU on every write). ``replica_set=True`` advertises a
     single-node replica set instead (change streams, retryable writes). ``new_session=True``
-    starts it in a session of its own, out of reach of the terminal's Ctrl-C.
+    starts it in a session of its own, out of reach of the terminal's Ctrl-C;
+    ``die_with_parent=True`` has the kernel send it SIGTERM should this process die without
+    stopping it (Linux; elsewhere a no-op).
 
     Raises:
         EmbeddedServerError: not installed, exited, or not answering ``within`` seconds.
@@ -79,6 +85,7 @@ def start_server(
         stdout=output,
         stderr=subprocess.STDOUT,
         start_new_session=new_session,
+        preexec_fn=_terminate_with_parent if die_with_parent else None,
     )
     try:
         wait_until_answering(server_url(port), proc, within=within)
@@ -86,6 +93,12 @@ def start_server(
         stop_server(proc)
         raise
     return proc
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before ``exec``: SIGTERM when the parent dies (``PR_SET_PDEATHSIG``)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_until_answering(

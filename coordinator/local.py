@@ -100,13 +100,14 @@ def embedded_mongodb(
     """A SecantusDB server on ``127.0.0.1:port`` for the block's lifetime; yields its URL.
 
     It runs in a session of its own, so a Ctrl-C in the terminal reaches only this process,
-    which then stops the server after the coordinator has finished with it.
+    which then stops the server after the coordinator has finished with it; should this
+    process be killed outright, the kernel stops the server (Linux).
 
     Raises:
         SystemExit: the server is not installed, or did not start (with the reason).
     """
     try:
-        proc = start_server(port, storage, output=output, new_session=True)
+        proc = start_server(port, storage, output=output, new_session=True, die_with_parent=True)
     except EmbeddedServerError as exc:
         raise SystemExit(f"no MongoDB: set SAGA_MONGODB_URL, or {exc}") from exc
     try:

@@ -162,6 +162,30 @@ def test_dev_runs_the_examples_keeps_its_data_and_stops_cleanly_on_ctrl_c(
         again.kill()
 
 
+def test_the_database_server_does_not_outlive_a_killed_dev(
+    tmp_path: Path, amqp_url: str, prefix: str, cleanup_topology: object
+) -> None:
+    dev = Dev(
+        tmp_path,
+        amqp_url,
+        prefix,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--db-port",
+        str(free_port()),
+    )
+    try:
+        dev.wait_running()
+        children = dev.children()
+        assert len(children) == 1
+    finally:
+        dev.kill()  # SIGKILL: no chance to stop its child itself
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{children[0]}").exists():
+        assert time.monotonic() < deadline, "the database server outlived dev"
+        time.sleep(0.1)
+
+
 def test_dev_uses_the_mongodb_of_saga_mongodb_url(
     tmp_path: Path,
     amqp_url: str,

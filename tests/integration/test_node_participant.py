@@ -143,33 +143,18 @@ async def test_a_node_participant_completes_compensates_and_answers_a_duplicate_
     await coordinator.wait_ready()
     async with running(payments(participants)):
         async with httpx.AsyncClient(base_url=coordinator.url) as api:
-            ok = (
-                await api.post(
-                    "/v1/sagas",
-                    json={
-                        "definition": "restock",
-                        "input": {"sku": "BOOK-42", "qty": 2, "amount": 40},
-                    },
+
+            async def restock(sku: str, qty: int, amount: int) -> str:
+                input = {"sku": sku, "qty": qty, "amount": amount}
+                started = await api.post(
+                    "/v1/sagas", json={"definition": "restock", "input": input}
                 )
-            ).json()["id"]
-            undone = (
-                await api.post(
-                    "/v1/sagas",
-                    json={
-                        "definition": "restock",
-                        "input": {"sku": "MUG-7", "qty": 1, "amount": 500},
-                    },
-                )
-            ).json()["id"]
-            sold_out = (
-                await api.post(
-                    "/v1/sagas",
-                    json={
-                        "definition": "restock",
-                        "input": {"sku": "OOS-1", "qty": 1, "amount": 5},
-                    },
-                )
-            ).json()["id"]
+                assert started.status_code == 201, started.text
+                return str(started.json()["id"])
+
+            ok = await restock("BOOK-42", 2, 40)
+            undone = await restock("MUG-7", 1, 500)  # the charge is declined: released
+            sold_out = await restock("OOS-1", 1, 5)  # the warehouse fails its own step
         docs = {doc["_id"]: doc for doc in await sagas.wait_terminal(3)}
 
     completed = docs[ok]
