@@ -85,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             return asyncio.run(_run(settings, examples=args.examples))
         except (AdapterError, ValueError, OSError) as exc:
-            log.error("cannot run: %s", exc)
+            hint = "; pass another --port" if "cannot serve HTTP" in str(exc) else ""
+            log.error("cannot run: %s%s", exc, hint)
             return 1
 
 

@@ -148,6 +148,12 @@ async def test_list_show_history_cancel_retry_and_errors(
         assert unknown.returncode == 1
         assert "404 Not Found: no saga with id 'no-such-saga'" in unknown.stderr
 
+        event = cli(
+            "send-event", "no-such-saga", "order.approved", "--body", '{"by": "ops"}', "--url", url
+        )
+        assert event.returncode == 1
+        assert event.stderr.startswith("error: POST /v1/sagas/no-such-saga/events: 404 Not Found")
+
         stuck = start(url, "stuck")
         await sagas.wait(
             lambda docs: any(d["_id"] == stuck and d["status"] == "failed" for d in docs),
