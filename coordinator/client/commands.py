@@ -80,10 +80,12 @@ def run_sagas(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
-    else:
-        print("\n".join(_render(args.action, result)))
+    text = json.dumps(result, indent=2, ensure_ascii=False) if args.json else None
+    try:
+        print(text if text is not None else "\n".join(_render(args.action, result)))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `… | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -51,6 +51,18 @@ def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def show_to_a_closed_pipe(saga_id: str, url: str) -> subprocess.CompletedProcess[str]:
+    """``sagas show`` into a pipe whose reader has gone (``| head -c 0`` exits at once)."""
+    return subprocess.run(
+        f"{sys.executable} -m coordinator sagas show {saga_id} --url {url} | head -c 0",
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def start(url: str, sku: str, token: str | None = None) -> str:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = httpx.post(
@@ -132,6 +144,9 @@ async def test_list_show_history_cancel_retry_and_errors(
             if line.startswith(("reserve ", "charge "))
         }
         assert steps == {"reserve": "compensated", "charge": "failed"}
+
+        piped = show_to_a_closed_pipe(compensated, url)
+        assert piped.stderr == "", piped.stderr  # no BrokenPipeError traceback
 
         history = json.loads(cli("history", compensated, "--json", "--url", url).stdout)
         events = [entry["event"] for entry in history["items"]]
