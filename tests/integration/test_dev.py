@@ -155,7 +155,10 @@ def test_dev_runs_the_examples_keeps_its_data_and_stops_cleanly_on_ctrl_c(
         assert kept.status_code == 200 and kept.json()["status"] == "compensated"
 
         second = Dev(tmp_path, amqp_url, prefix, *args)  # the same data folder
-        assert second.proc.wait(60) == 1
+        try:
+            assert second.proc.wait(60) == 1
+        finally:
+            second.kill()
         assert f"{data}/ is in use by another `saga-coordinator dev`" in second.output()
         assert again.interrupt() == 0
     finally:
