@@ -26,10 +26,14 @@ __all__ = ["Bar", "Lane", "Marker", "Tick", "Timeline", "build_timeline", "forma
 WIDTH = 980
 LABEL_WIDTH = 190
 RIGHT_PAD = 24
-TOP = 30
+TOP = 38
 LANE_HEIGHT = 34
 BAR_HEIGHT = 18
-MIN_BAR = 3.0
+MIN_BAR = 5.0
+END_PAD = 1.04
+"""The axis runs a little past the end, so that what ends last stays visible."""
+MARKER_GAP = 90.0
+"""Markers closer than this (px) put their labels on alternate rows."""
 
 _OPENING = frozenset({"sent", "waiting"})
 _NOT_CLOSING = frozenset({"sent", "waiting", "retry_scheduled", "unsendable"})
@@ -62,6 +66,7 @@ class Marker:
     x: float
     label: str
     title: str
+    label_y: float = 13.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +150,7 @@ class _Layout:
         if state.status not in _TERMINAL:
             end = max(end, now)
         self.end = end
-        self.span = max((end - self.start).total_seconds(), 0.5)
+        self.span = max((end - self.start).total_seconds(), 0.5) * END_PAD
         self.left, self.right = float(LABEL_WIDTH), float(WIDTH - RIGHT_PAD)
         self.lanes: dict[str, Lane] = {}
         self.lane_of_step: dict[str, Lane] = {}
@@ -189,7 +194,11 @@ class _Layout:
 
     def entry(self, entry: HistoryEntry) -> None:
         if entry.event in _MARKERS:
-            self.markers.append(_marker(entry, self.x_of(entry.at), self.offset(entry.at)))
+            x = self.x_of(entry.at)
+            previous = self.markers[-1] if self.markers else None
+            crowded = previous is not None and x - previous.x < MARKER_GAP
+            row = 27.0 if crowded and previous is not None and previous.label_y < 20 else 13.0
+            self.markers.append(_marker(entry, x, self.offset(entry.at), row))
         if entry.step is None or entry.step not in self.lane_of_step:
             return
         prefix, _, suffix = entry.event.rpartition(".")
@@ -281,7 +290,7 @@ def _bar_title(began: _Open, outcome: str, entry: HistoryEntry, at: str) -> str:
     return text
 
 
-def _marker(entry: HistoryEntry, x: float, at: str) -> Marker:
+def _marker(entry: HistoryEntry, x: float, at: str, label_y: float) -> Marker:
     label = _MARKERS[entry.event]
     title = f"{entry.event} at {at}"
     error = entry.detail.get("error")
@@ -289,4 +298,4 @@ def _marker(entry: HistoryEntry, x: float, at: str) -> Marker:
         title += f": {error.get('code')}: {error.get('message', '')}"
     elif "reason" in entry.detail:
         title += f": {entry.detail['reason']}"
-    return Marker(x=x, label=label, title=title)
+    return Marker(x=x, label=label, title=title, label_y=label_y)

@@ -55,7 +55,7 @@ description: Reserve the goods, then charge the card.
 trigger: {event: shop.order, key: "${event.order_id}"}
 defaults:
   timeout: 30s
-  retry: {max_attempts: 2, backoff: 100ms, multiplier: 1.0}
+  retry: {max_attempts: 2, backoff: 300ms, multiplier: 1.0}
 steps:
   - name: reserve
     participant: inventory
@@ -158,7 +158,9 @@ def _participants(make: Callable[[str], Participant], shop: Shop) -> list[Partic
 
     @payments.action("charge")
     async def charge(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        if input["card"] == "declined":
+        if input["card"] == "flaky-declined" and delivery.attempt == 1:
+            raise RetryableError("processor_busy", "the card processor asked to try again")
+        if input["card"] in ("declined", "flaky-declined"):
             raise StepError("card_declined", "the issuer declined the card")
         if input["card"] == "hold":
             await asyncio.wait_for(shop.hold.wait(), 30)
@@ -191,7 +193,7 @@ def shop_fixture(name: str, tokens: str | None = None) -> Any:
             for order, card in (
                 ("o-ok", "ok"),
                 ("o-declined", "declined"),
-                ("o-broken", "declined"),
+                ("o-broken", "flaky-declined"),
                 ("o-hold", "hold"),
             ):
                 await broker.event("shop.order", {"order_id": order, "card": card})
