@@ -65,6 +65,14 @@ def _refused(request: Request) -> tuple[str, int] | None:
     return (refusal.message, refusal.status) if refusal else None
 
 
+async def _refusal_page(request: Request, saga_id: str, message: str, status: int) -> Response:
+    """The saga's page with why the action was refused; only the message for a caller who
+    may not read the saga either."""
+    if not console_context(request).access(request).can_read:
+        return render(request, "message.html", {"title": "Refused", "message": message}, status)
+    return await saga_page(request, saga_id, message=message, status=status)
+
+
 def _back_to_saga(saga_id: str, done: str) -> RedirectResponse:
     return RedirectResponse(f"/ui/sagas/{quote(saga_id, safe='')}?done={done}", status_code=303)
 
@@ -90,7 +98,7 @@ async def _apply(request: Request, saga_id: str, done: str, action: Any) -> Resp
 @router.post("/sagas/{saga_id}/cancel")
 async def cancel(request: Request, saga_id: str) -> Response:
     if (refused := _refused(request)) is not None:
-        return await saga_page(request, saga_id, message=refused[0], status=refused[1])
+        return await _refusal_page(request, saga_id, *refused)
     form = await _form(request)
     reason = form.get("reason", "").strip()
     if not reason:
@@ -102,7 +110,7 @@ async def cancel(request: Request, saga_id: str) -> Response:
 @router.post("/sagas/{saga_id}/retry")
 async def retry(request: Request, saga_id: str) -> Response:
     if (refused := _refused(request)) is not None:
-        return await saga_page(request, saga_id, message=refused[0], status=refused[1])
+        return await _refusal_page(request, saga_id, *refused)
     service = console_context(request).api.service
     return await _apply(request, saga_id, "retry", lambda: service.retry(saga_id))
 
@@ -110,7 +118,7 @@ async def retry(request: Request, saga_id: str) -> Response:
 @router.post("/sagas/{saga_id}/events")
 async def deliver_event(request: Request, saga_id: str) -> Response:
     if (refused := _refused(request)) is not None:
-        return await saga_page(request, saga_id, message=refused[0], status=refused[1])
+        return await _refusal_page(request, saga_id, *refused)
     form = await _form(request)
     service = console_context(request).api.service
     event = form.get("event", "").strip()

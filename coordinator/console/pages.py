@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from coordinator.adapters.queries import InvalidCursor
+from coordinator.console.access import COOKIE
 from coordinator.console.graph import build_graph
 from coordinator.console.timeline import build_timeline
 from coordinator.console.views import console_context, render
@@ -43,14 +44,13 @@ def _live(request: Request) -> bool:
 
 
 def _signin(request: Request) -> HTMLResponse:
-    access = console_context(request).access(request)
     message = (
         "That token is not known: sign in with a read or write token."
-        if request.cookies.get("saga_console_token")
+        if request.cookies.get(COOKIE)
         else "API tokens are configured: sign in with a read or write token to use the console."
     )
     values = {"message": message, "next": request.url.path, "title": "Sign in"}
-    return render(request, "signin.html", values, status=401 if not access.can_read else 200)
+    return render(request, "signin.html", values, status=401)
 
 
 @router.get("", response_class=HTMLResponse)

@@ -66,7 +66,6 @@ def render(
     request: Request,
     name: str,
     values: dict[str, Any],
-    *,
     status: int = 200,
 ) -> HTMLResponse:
     context = console_context(request)

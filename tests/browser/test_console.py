@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import Browser, Page, expect
 
 from tests.browser.conftest import Shop, shop_fixture
 
@@ -86,6 +86,30 @@ async def test_operator_clicks_through_the_console(page: Page, shop: Shop) -> No
     await page.get_by_label("Cancel, with a reason").fill("again")
     await page.get_by_role("button", name="Cancel saga").click()
     await expect(page.get_by_role("alert")).to_contain_text("Refused")
+
+
+async def test_readable_and_usable_without_javascript(browser: Browser, shop: Shop) -> None:
+    context = await browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(20_000)
+    page = await context.new_page()
+    try:
+        await page.goto(f"{shop.url}/ui")
+        await expect(page.locator("table.sagas tbody tr")).to_have_count(5)
+        await open_saga(page, shop, "o-broken")
+        await expect(status_badge(page)).to_have_text("failed")
+        await expect(page.locator("svg.timeline g.bar").first).to_be_visible()
+        shop.broken.clear()
+        await page.get_by_role("button", name="Retry").click()  # a plain form post
+        await expect(page.get_by_role("status")).to_contain_text("Retry requested")
+        reload = page.get_by_role("link", name="Reload")
+        for _ in range(60):  # no live refresh without JavaScript: the reload link
+            if await status_badge(page).text_content() == "compensated":
+                break
+            await reload.click()
+            await page.wait_for_timeout(500)
+        await expect(status_badge(page)).to_have_text("compensated")
+    finally:
+        await context.close()
 
 
 async def test_keyboard_reaches_the_actions(page: Page, shop: Shop) -> None:
