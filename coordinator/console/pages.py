@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -72,23 +73,19 @@ async def sagas_page(
     if since and since not in WINDOWS:
         notices.append(f"Unknown time window {since!r}: showing any time.")
         since = ""
+    listing = partial(
+        context.api.queries.list_sagas,
+        definition=definition or None,
+        status=status or None,
+        key=key or None,
+        limit=PAGE_SIZE,
+    )
     try:
-        page = await context.api.queries.list_sagas(
-            definition=definition or None,
-            status=status or None,
-            key=key or None,
-            limit=PAGE_SIZE,
-            cursor=cursor or None,
-        )
+        page = await listing(cursor=cursor or None)
     except InvalidCursor:
         notices.append("That page link is no longer valid: showing the newest sagas.")
         cursor = ""
-        page = await context.api.queries.list_sagas(
-            definition=definition or None,
-            status=status or None,
-            key=key or None,
-            limit=PAGE_SIZE,
-        )
+        page = await listing()
     rows, next_cursor = page.items, page.next_cursor
     if since:
         cutoff = datetime.now(UTC) - WINDOWS[since]
