@@ -6,18 +6,26 @@ the service does not offer, posts from another site, and the token cookie.
 
 from __future__ import annotations
 
+import html
+import logging
+import re
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 
+import coordinator.console as console_package
 from coordinator.adapters.rabbit import RabbitBroker
 from coordinator.api import create_app
+from coordinator.api.auth import parse_api_tokens
+from coordinator.api.context import ApiContext
 from coordinator.api.v1 import install_rest_api
-from coordinator.console import install_console
+from coordinator.console import install_console, pages
 from tests.integration.test_api import ORDER_YAML, Api, make_api, rabbit, register, start
 
 pytestmark = pytest.mark.integration
@@ -173,3 +181,32 @@ async def test_tokens_sign_in_and_scopes(guarded: tuple[Api, httpx.AsyncClient])
     await client.post("/ui/signout")
     client.cookies.clear()
     assert (await client.post(f"/ui/sagas/{saga_id}/retry")).status_code == 401
+
+
+async def test_pages_of_the_list_follow_the_keyset_cursor(
+    open_console: tuple[Api, httpx.AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api, client = open_console
+    monkeypatch.setattr(pages, "PAGE_SIZE", 2)
+    await register(api)
+    for n in range(3):
+        await start(api, f"k-{n}")
+    first = await client.get("/ui")
+    assert [key for key in ("k-0", "k-1", "k-2") if f">{key}</a>" in first.text] == ["k-1", "k-2"]
+    older = re.search(r'rel="next" href="([^"]+)"', first.text)
+    assert older is not None
+    second = await client.get(html.unescape(older.group(1)))
+    assert ">k-0</a>" in second.text and ">k-1</a>" not in second.text
+    assert 'rel="next"' not in second.text
+    assert 'class="counts"' not in second.text  # counts on the first page only
+
+
+def test_a_missing_htmx_is_said_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(console_package, "HTMX_PATH", tmp_path / "htmx.min.js")
+    app = FastAPI()
+    context = ApiContext(store=None, service=None, queries=None, tokens=parse_api_tokens(None))  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="coordinator.console"):
+        install_console(app, context)
+    assert "without live refresh" in caplog.text and "scripts/bootstrap" in caplog.text
