@@ -93,7 +93,7 @@ async def sagas_page(
         if len(kept) < len(rows):  # newest first: nothing older can be in the window
             rows, next_cursor = kept, None
     counts = await _counts(request, definition) if not cursor else None
-    definitions = sorted(s.definition.name for s in await context.api.store.latest_definitions())
+    definitions = [] if _live(request) else await _definition_names(request)
     filters = {"definition": definition, "status": status, "key": key, "since": since}
     values: dict[str, Any] = {
         "title": "Sagas",
@@ -109,6 +109,11 @@ async def sagas_page(
         "notices": notices,
     }
     return render(request, "_sagas_live.html" if _live(request) else "sagas.html", values)
+
+
+async def _definition_names(request: Request) -> list[str]:
+    latest = await console_context(request).api.store.latest_definitions()
+    return sorted(stored.definition.name for stored in latest)
 
 
 async def _counts(request: Request, definition: str) -> dict[str, int] | None:
