@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from coordinator.adapters.queries import InvalidCursor
 from coordinator.console.access import COOKIE
 from coordinator.console.graph import build_graph
-from coordinator.console.timeline import build_timeline
+from coordinator.console.timeline import branches_of, build_timeline
 from coordinator.console.views import console_context, render
 from coordinator.definitions.graph import mermaid
 from coordinator.engine.state import SagaState
@@ -155,7 +155,9 @@ async def saga_page(
     values: dict[str, Any] = {
         "title": f"Saga {state.definition} {state.key or state.id}",
         "saga": state,
-        "timeline": build_timeline(state, datetime.now(UTC)),
+        "timeline": build_timeline(
+            state, datetime.now(UTC), branches_of(stored.definition) if stored else None
+        ),
         "history": _history(state),
         "graph": build_graph(stored.definition, statuses) if stored else None,
         "mermaid": mermaid(stored.definition) if stored else None,

@@ -9,19 +9,30 @@ that is ``waiting`` (an awaited event) with no attempt in flight is drawn from i
 dashed.
 
 Lanes come from the data: a step that carries ``group`` and ``branch`` (a parallel group's
-branch) shares the lane of its branch, so branches stand side by side; any other step has a
-lane of its own.
+branch), or that the definition places in one (``branches_of``), shares the lane of its
+branch, so branches stand side by side; any other step has a lane of its own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from coordinator.engine.state import HistoryEntry, SagaState, StepState
 
-__all__ = ["Bar", "Lane", "Marker", "Tick", "Timeline", "build_timeline", "format_seconds"]
+__all__ = [
+    "Bar",
+    "Branches",
+    "Lane",
+    "Marker",
+    "Tick",
+    "Timeline",
+    "branches_of",
+    "build_timeline",
+    "format_seconds",
+]
 
 WIDTH = 980
 LABEL_WIDTH = 190
@@ -121,9 +132,25 @@ def _tick_step(span: float) -> float:
     return float(span / 8)
 
 
-def _lane_key(step: StepState | Any) -> tuple[str, str]:
+Branches = Mapping[str, tuple[str, str]]
+"""Step name to (group, branch), as the definition lays them out."""
+
+
+def branches_of(definition: Any) -> dict[str, tuple[str, str]]:
+    """The (group, branch) of every step inside a parallel group of ``definition``."""
+    found: dict[str, tuple[str, str]] = {}
+    for step in getattr(definition, "steps", ()):
+        for branch, inner in (getattr(step, "parallel", None) or {}).items():
+            for sub in inner:
+                found[sub.name] = (step.name, branch)
+    return found
+
+
+def _lane_key(step: StepState | Any, branches: Branches) -> tuple[str, str]:
     group = getattr(step, "group", None)
     branch = getattr(step, "branch", None)
+    if not (group and branch) and step.name in branches:
+        group, branch = branches[step.name]
     if group and branch:
         return f"{group}/{branch}", f"{group}: {branch}"
     return f"step:{step.name}", str(step.name)
@@ -141,7 +168,7 @@ class _Open:
 class _Layout:
     """Walks the history once, turning attempts and backoffs into bars."""
 
-    def __init__(self, state: SagaState, now: datetime) -> None:
+    def __init__(self, state: SagaState, now: datetime, branches: Branches) -> None:
         self.state = state
         self.start = state.created_at
         end = state.updated_at
@@ -155,7 +182,7 @@ class _Layout:
         self.lanes: dict[str, Lane] = {}
         self.lane_of_step: dict[str, Lane] = {}
         for step in state.steps:
-            key, label = _lane_key(step)
+            key, label = _lane_key(step, branches)
             lane = self.lanes.get(key)
             if lane is None:
                 y = TOP + len(self.lanes) * LANE_HEIGHT
@@ -246,9 +273,13 @@ class _Layout:
         ]
 
 
-def build_timeline(state: SagaState, now: datetime) -> Timeline:
-    """Lay out ``state``'s timeline; ``now`` ends the picture of a saga still going."""
-    layout = _Layout(state, now)
+def build_timeline(state: SagaState, now: datetime, branches: Branches | None = None) -> Timeline:
+    """Lay out ``state``'s timeline; ``now`` ends the picture of a saga still going.
+
+    ``branches`` (``branches_of(definition)``) puts the steps of a parallel group's branch
+    on one lane when the steps themselves do not say where they belong.
+    """
+    layout = _Layout(state, now, branches or {})
     for entry in state.history:
         layout.entry(entry)
     layout.finish()

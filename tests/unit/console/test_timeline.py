@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
 
-from coordinator.console.timeline import Bar, build_timeline, format_seconds
+from coordinator.console.timeline import Bar, branches_of, build_timeline, format_seconds
 from coordinator.engine.state import SagaState, StepState
 from tests.unit.engine.conversation import Conversation, linear
 
@@ -92,6 +93,18 @@ def test_lanes_come_from_group_and_branch_when_the_steps_carry_them() -> None:
         ("a", ["a"]),
         ("travel: flight", ["b", "c"]),
     ]
+
+
+def test_lanes_come_from_the_definitions_groups_when_the_steps_do_not_say() -> None:
+    talk = Conversation(linear("a", "b", "c", "d"))
+    talk.start()
+    flight, hotel = SimpleNamespace(name="b"), SimpleNamespace(name="c")
+    group = SimpleNamespace(name="travel", parallel={"flight": [flight], "hotel": [hotel]})
+    laid_out = SimpleNamespace(steps=[SimpleNamespace(name="a"), group, SimpleNamespace(name="d")])
+    branches = branches_of(laid_out)
+    assert branches == {"b": ("travel", "flight"), "c": ("travel", "hotel")}
+    lanes = build_timeline(talk.state, talk.state.updated_at, branches).lanes
+    assert [lane.label for lane in lanes] == ["a", "travel: flight", "travel: hotel", "d"]
 
 
 def test_a_waiting_step_without_an_attempt_is_drawn_waiting() -> None:
