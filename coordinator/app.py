@@ -35,6 +35,7 @@ from coordinator.api.auth import parse_api_tokens, warn_if_exposed
 from coordinator.api.context import ApiContext
 from coordinator.api.metrics import install_metrics
 from coordinator.api.v1 import install_rest_api
+from coordinator.console import install_console
 from coordinator.definitions.loader import load_definition
 from coordinator.engine.engine import Options
 from coordinator.engine.messages import ReplyReceived
@@ -166,6 +167,7 @@ async def serve(
             broker_open=lambda: broker.is_open,
             install=[
                 functools.partial(install_rest_api, context=context),
+                functools.partial(install_console, context=context, counts=queries.in_flight),
                 functools.partial(install_metrics, metrics=metrics, in_flight=queries.in_flight),
             ],
         )
