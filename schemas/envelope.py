@@ -60,9 +60,14 @@ DEFAULT_REPLY_TO = "coordinator"
 Kind = Literal["action", "compensation"]
 
 
-def idempotency_key(saga_id: str, step: str, kind: Kind) -> str:
-    """The key that is the same for every attempt of one step's action or compensation."""
-    return f"{saga_id}:{step}:{kind}"
+def idempotency_key(saga_id: str, step: str, kind: Kind, retry: int = 0) -> str:
+    """The key that is the same for every attempt of one step's action or compensation.
+
+    After the n-th operator retry that resumed this step and kind, it is
+    ``<saga>:<step>:<kind>:r<n>``, so that the participant runs it again.
+    """
+    base = f"{saga_id}:{step}:{kind}"
+    return f"{base}:r{retry}" if retry else base
 
 
 class Exchanges:

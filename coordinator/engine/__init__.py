@@ -12,6 +12,7 @@ The rules, with their table, are in ``transitions.py``.
 from .engine import Options, handle, start
 from .messages import (
     CancelRequested,
+    EventReceived,
     Input,
     ReplyReceived,
     RetryRequested,
@@ -20,12 +21,14 @@ from .messages import (
     Transition,
     TriggerRepeated,
 )
-from .state import Command, ErrorInfo, HistoryEntry, Phase, SagaState, StepState
+from .state import Awaiting, Command, ErrorInfo, HistoryEntry, Phase, SagaState, StepState
 
 __all__ = [
+    "Awaiting",
     "CancelRequested",
     "Command",
     "ErrorInfo",
+    "EventReceived",
     "HistoryEntry",
     "Input",
     "Options",

@@ -106,8 +106,14 @@ class Checker:
         self.terminal_seen = False
         self.pivot_passed = False
         self.compensated_order: list[int] = []
+        self.retries: dict[tuple[str, str], int] = {}
 
     def check(self, transition: Transition) -> None:
+        for entry in transition.state.history:
+            if entry.event == "saga.retried" and entry.step and entry.kind:
+                retry = int(entry.detail["retry"])
+                key = (entry.step, entry.kind)
+                self.retries[key] = max(self.retries.get(key, 0), retry)
         for command in transition.commands:
             headers = command.headers
             assert set(headers) >= HEADERS
@@ -117,7 +123,9 @@ class Checker:
                 headers["x-saga-attempt"],
             )
             assert isinstance(step, str) and isinstance(attempt, int)
-            assert headers["x-idempotency-key"] == f"{self.talk.saga_id}:{step}:{kind}"
+            retried = self.retries.get((str(step), str(kind)), 0)
+            base = f"{self.talk.saga_id}:{step}:{kind}"
+            assert headers["x-idempotency-key"] == (f"{base}:r{retried}" if retried else base)
             assert command.message_id == f"{self.talk.saga_id}:{step}:{kind}:{attempt}"
             assert (step, kind, attempt) not in self.seen, "a command was emitted twice"
             self.seen.add((str(step), str(kind), attempt))
