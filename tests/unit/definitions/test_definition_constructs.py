@@ -111,10 +111,8 @@ def test_references_across_branches_are_refused() -> None:
 
 
 def test_groups_need_two_branches_no_nesting_no_pivot_and_unique_names() -> None:
-    one = (
-        HEAD
-        + "  - name: g\n    parallel:\n      one:\n        - {name: a, participant: p, command: c}\n"
-    )
+    one = HEAD + "  - name: g\n    parallel:\n      one:\n"
+    one += "        - {name: a, participant: p, command: c}\n"
     [few] = errors(one)
     assert few.startswith("demo.yaml:5: steps[0].parallel: ")
     nested = HEAD + (
