@@ -10,6 +10,7 @@ The rules, with their table, are in ``transitions.py``.
 """
 
 from .engine import Options, handle, start
+from .flow import match_value
 from .messages import (
     CancelRequested,
     EventReceived,
@@ -42,5 +43,6 @@ __all__ = [
     "Transition",
     "TriggerRepeated",
     "handle",
+    "match_value",
     "start",
 ]

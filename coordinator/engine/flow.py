@@ -26,6 +26,7 @@ __all__ = [
     "await_timed_out",
     "begin_wait",
     "event_value",
+    "match_value",
     "same_value",
     "start_item",
 ]
@@ -184,6 +185,19 @@ def event_value(match: str, body: dict[str, Any]) -> Any:
         return resolve(match, {"event": body})
     except (ReferenceMissing, ReferenceSyntaxError):
         return None
+
+
+def match_value(step: AwaitStep, body: dict[str, Any]) -> str | int | float | None:
+    """The value an event of ``step``'s type is correlated by: ``await.match`` resolved
+    against its body; None when it has none, or one that is not a string or a number.
+
+    The runtime finds the sagas an event may complete with it:
+    ``awaiting: {$elemMatch: {event: <event type>, value: <this value>}}``.
+    """
+    value = event_value(step.awaits.match, body)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return value
 
 
 def same_value(left: Any, right: Any) -> bool:

@@ -48,6 +48,19 @@ def test_events_that_do_not_match_are_recorded_and_change_nothing() -> None:
     assert talk.events().count("event.ignored") == 3
 
 
+def test_match_value_gives_the_runtime_the_value_to_look_up() -> None:
+    from coordinator.engine import match_value
+    from schemas.definition import AwaitStep
+
+    step = saga_of(waits("w")).leaves[0].step
+    assert isinstance(step, AwaitStep)
+    assert match_value(step, {"order_id": "o-1"}) == "o-1"
+    assert match_value(step, {"order_id": 7}) == 7
+    assert match_value(step, {"order_id": True}) is None
+    assert match_value(step, {"order_id": {"x": 1}}) is None
+    assert match_value(step, {}) is None
+
+
 def test_numbers_match_as_json_numbers() -> None:
     saga = saga_of(
         {"name": "w", "await": {"event": "e", "match": "${event.n}", "equals": "${input.n}"}}

@@ -212,3 +212,12 @@ def test_the_deadline_counts_from_the_start() -> None:
     talk = Conversation(linear("a", saga_timeout="5m"))
     talk.start()
     assert talk.state.deadline == talk.now + timedelta(minutes=5)
+
+
+def test_the_keys_of_a_step_and_kind_are_the_base_and_its_retry_variants() -> None:
+    from schemas.envelope import is_idempotency_key
+
+    for key in ("s:a:action", "s:a:action:r1", "s:a:action:r12"):
+        assert is_idempotency_key(key, "s", "a", "action")
+    for key in ("s:a:action:r0", "s:a:action:r", "s:a:action:r1x", "s:a:compensation", "x"):
+        assert not is_idempotency_key(key, "s", "a", "action")

@@ -173,6 +173,11 @@ def _check(
             assert not any(statuses_before[s] in stopped for s in siblings), (
                 f"{name} started after its group failed"
             )
+    _check_ends(definition, before, state)
+
+
+def _check_ends(definition: SagaDefinition, before: SagaState, state: SagaState) -> None:
+    """Aborts mark the outcome right; a compensated saga undid each step exactly once."""
     for old, new in zip(before.steps, state.steps, strict=True):
         if new.status == "aborted" and old.status == "running" and old.action.waiting:
             assert new.unknown, f"{new.name} was aborted in flight but will not be compensated"
