@@ -221,3 +221,34 @@ def test_the_keys_of_a_step_and_kind_are_the_base_and_its_retry_variants() -> No
         assert is_idempotency_key(key, "s", "a", "action")
     for key in ("s:a:action:r0", "s:a:action:r", "s:a:action:r1x", "s:a:compensation", "x"):
         assert not is_idempotency_key(key, "s", "a", "action")
+
+
+def test_x_deadline_is_the_earlier_of_the_attempt_timeout_and_the_saga_deadline() -> None:
+    saga = linear("a", "b", saga_timeout="1m", timeout="45s")
+    talk = Conversation(saga)
+    talk.start()
+    assert talk.last is not None
+    assert talk.last.commands[0].headers["x-deadline"] == "2026-01-01T12:00:45Z"
+    talk.advance(30)
+    talk.succeed("a")
+    assert talk.last.commands[0].headers["x-deadline"] == "2026-01-01T12:01:00Z"  # the saga's
+    # the deadline: b is aborted in flight and compensated; a compensation is not bound
+    # by the saga's deadline, only by its own timeout (the default 30s)
+    assert talk.fire() == [("compensation", "b", 1)]
+    assert talk.last.commands[0].headers["x-deadline"] == "2026-01-01T12:01:30Z"
+
+
+def test_a_step_cut_short_by_a_cancel_is_aborted_not_timed_out() -> None:
+    talk = Conversation(linear("a", "b"))
+    talk.start()
+    talk.succeed("a")
+    talk.cancel()
+    assert talk.state.step("b").unknown
+    assert talk.step("b") == "compensating"
+    talk.succeed("b", kind="compensation")
+    talk.succeed("a", kind="compensation")
+    assert talk.status == "compensated"
+    assert talk.state.reason is not None and talk.state.reason.code == "cancelled"
+    assert [e.detail["outcome"] for e in talk.state.history if e.event == "step.aborted"] == [
+        "unknown"
+    ]
