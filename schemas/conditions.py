@@ -2,10 +2,12 @@
 
 A condition reads ``input``, ``steps`` (``steps["name"].output``, ``steps["name"].status``)
 and ``saga`` (``id``, ``key``) and yields a boolean. CEL has no loops, no side effects and
-no I/O, so an evaluation always terminates; what could still make one slow (nested
-comprehensions over a large input) is bounded here: an expression is at most
-``MAX_LENGTH`` characters and holds at most one comprehension macro (``all``, ``exists``,
-``exists_one``, ``map``, ``filter``), so its cost is linear in the size of the saga's data.
+no I/O, so an evaluation always terminates; what could still make one slow (a
+comprehension over a long list whose body reads that list again) is bounded here: an
+expression is at most ``MAX_LENGTH`` characters and holds at most one comprehension macro
+(``all``, ``exists``, ``exists_one``, ``map``, ``filter``), and an expression with one is
+evaluated only when no list in its data is longer than ``MAX_COMPREHENSION_ITEMS``: its
+cost is then at most that many times the size of the data.
 
 The implementation is the ``common-expression-language`` package (module ``cel``, the Rust
 ``cel-interpreter`` underneath).
@@ -20,6 +22,7 @@ from typing import Any
 import cel
 
 __all__ = [
+    "MAX_COMPREHENSION_ITEMS",
     "MAX_LENGTH",
     "ROOTS",
     "ConditionError",
@@ -30,6 +33,7 @@ __all__ = [
 ]
 
 MAX_LENGTH = 1000
+MAX_COMPREHENSION_ITEMS = 1000
 ROOTS = ("input", "steps", "saga")
 _MACROS = re.compile(r"\.\s*(all|exists_one|exists|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)")
 # steps["name"], steps['name'] or steps.name: the steps a condition reads.
@@ -87,8 +91,28 @@ def step_names(expression: str) -> Iterator[str]:
         yield match.group(1)
 
 
+def _longest_list(value: Any) -> int:
+    """The length of the longest list anywhere in ``value`` (plain JSON-like data)."""
+    longest, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            longest = max(longest, len(item))
+            pending.extend(item)
+    return longest
+
+
 def evaluate(program: cel.Program, activation: Mapping[str, Any]) -> bool:
     """Evaluate a compiled condition; raise ``ConditionError`` unless it yields a boolean."""
+    if _MACROS.search(_STRINGS.sub('""', program.source)):
+        longest = _longest_list(activation)
+        if longest > MAX_COMPREHENSION_ITEMS:
+            raise ConditionError(
+                f"the condition has a comprehension and its data holds a list of {longest} "
+                f"items, over the limit of {MAX_COMPREHENSION_ITEMS}"
+            )
     try:
         result = program.execute(dict(activation))
     except Exception as exc:  # the library raises KeyError, TypeError, RuntimeError, …

@@ -193,3 +193,13 @@ def test_a_false_condition_on_a_group_skips_all_its_steps() -> None:
     assert talk.start(input={"total": 1}) == [("action", "after", 1)]
     assert talk.step("x") == talk.step("y") == "skipped"
     assert talk.state.conditions == {"g": False}
+
+
+def test_a_comprehension_over_a_huge_list_is_a_condition_error_not_a_hang() -> None:
+    saga = saga_of(command("a", when="input.items.all(i, i in input.items)"))
+    talk = Conversation(saga)
+    talk.start(input={"items": list(range(100_000))})
+    error = talk.state.step("a").action.error
+    assert error is not None and error.code == "condition_error" and "100000 items" in error.message
+    small = Conversation(saga)
+    assert small.start(input={"items": list(range(10))}) == [("action", "a", 1)]
