@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DURATION",
+    "STEP_KINDS",
+    "AnyStep",
     "AwaitSpec",
     "AwaitStep",
     "Compensation",
@@ -45,6 +47,7 @@ __all__ = [
     "RetryPolicy",
     "SagaDefinition",
     "Step",
+    "StepItem",
     "Trigger",
     "format_duration",
     "parse_duration",
