@@ -36,9 +36,12 @@ SagaStatus = Literal["running", "compensating", "completed", "compensated", "fai
 StepStatus = Literal[
     "pending",
     "running",
+    "waiting",
     "succeeded",
+    "skipped",
     "failed",
     "timed_out",
+    "aborted",
     "compensating",
     "compensated",
     "compensation_failed",

@@ -30,6 +30,7 @@ __all__ = [
     "ReplyError",
     "SucceededReply",
     "idempotency_key",
+    "is_idempotency_key",
 ]
 
 HEADER_SAGA_ID = "x-saga-id"
@@ -60,9 +61,24 @@ DEFAULT_REPLY_TO = "coordinator"
 Kind = Literal["action", "compensation"]
 
 
-def idempotency_key(saga_id: str, step: str, kind: Kind) -> str:
-    """The key that is the same for every attempt of one step's action or compensation."""
-    return f"{saga_id}:{step}:{kind}"
+def idempotency_key(saga_id: str, step: str, kind: Kind, retry: int = 0) -> str:
+    """The key that is the same for every attempt of one step's action or compensation.
+
+    After the n-th operator retry that resumed this step and kind, it is
+    ``<saga>:<step>:<kind>:r<n>``, so that the participant runs it again.
+    """
+    base = f"{saga_id}:{step}:{kind}"
+    return f"{base}:r{retry}" if retry else base
+
+
+def is_idempotency_key(key: str, saga_id: str, step: str, kind: Kind) -> bool:
+    """Whether ``key`` is one of the keys of this step and kind: ``<saga>:<step>:<kind>``,
+    or ``…:r<n>`` (n >= 1) after operator retries."""
+    base = idempotency_key(saga_id, step, kind)
+    if key == base:
+        return True
+    suffix = key.removeprefix(base + ":r")
+    return suffix != key and suffix.isascii() and suffix.isdigit() and not suffix.startswith("0")
 
 
 class Exchanges:

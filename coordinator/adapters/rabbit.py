@@ -71,6 +71,7 @@ from schemas.envelope import (
     Reply,
     SucceededReply,
     idempotency_key,
+    is_idempotency_key,
 )
 from schemas.topology import declare_exchanges, queue_arguments
 
@@ -238,7 +239,7 @@ def decode_reply(raw: RawMessage, *, max_bytes: int) -> IncomingReply:
         )
     key = _text(raw.headers.get(HEADER_IDEMPOTENCY_KEY))
     expected_key = idempotency_key(saga_id, step, cast(Kind, kind))
-    if key is not None and key != expected_key:
+    if key is not None and not is_idempotency_key(key, saga_id, step, cast(Kind, kind)):
         raise Undecodable(
             f"{HEADER_IDEMPOTENCY_KEY} is {key!r}; the headers name {expected_key!r}", "bad_header"
         )

@@ -5,7 +5,7 @@ to rewrite the file, or with ``--check`` (as CI and the tests do) to exit 1 when
 checked-in file is stale.
 
 The schema covers the per-field rules only; the cross-step rules (unique step names,
-references, the pivot) are checked by ``coordinator.definitions.load_definition``.
+references, conditions, the pivot) are checked by ``coordinator.definitions.load_definition``.
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def json_schema() -> dict[str, Any]:
         "description": (
             "One saga definition (YAML or JSON). Generated from schemas/definition.py by "
             "`python -m coordinator.definitions.jsonschema`: do not edit by hand. Cross-step "
-            "rules (unique step names, references to earlier steps only, no compensation "
-            "after a pivot) are checked by the coordinator, not by this schema."
+            "rules (unique step names, references to earlier steps only and never across "
+            "branches, the names a condition or an await reads, no pivot in a group, no "
+            "compensation after a pivot) and the compilation of conditions are checked by "
+            "the coordinator, not by this schema."
         ),
     }
 

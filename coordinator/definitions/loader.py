@@ -22,7 +22,13 @@ from pydantic_core import ErrorDetails
 from coordinator.definitions.checks import check_definition
 from coordinator.definitions.yamlsafe import Path, YamlProblem, read_yaml
 from coordinator.errors import DefinitionError
-from schemas.definition import EVENT_PATTERN, NAME_PATTERN, WORD_PATTERN, SagaDefinition
+from schemas.definition import (
+    EVENT_PATTERN,
+    NAME_PATTERN,
+    STEP_KINDS,
+    WORD_PATTERN,
+    SagaDefinition,
+)
 
 __all__ = ["DEFAULT_MAX_BYTES", "MAX_NODES", "LocatedError", "load_definition", "load_file"]
 
@@ -68,22 +74,50 @@ def _line(lines: dict[Path, int], loc: Path) -> int:
     return 1
 
 
-def _model_at(loc: Path) -> type[BaseModel] | None:
+def _strip_tags(loc: tuple[Any, ...]) -> Path:
+    """A pydantic location without the tags of the step kinds (``steps[0].command-step``)."""
+    return tuple(
+        part
+        for i, part in enumerate(loc)
+        if not (part in STEP_KINDS and i > 0 and isinstance(loc[i - 1], int))
+    )
+
+
+def _unwrap(current: Any) -> Any:
+    """The type inside ``Annotated``/``Optional`` wrappers (lists and dicts stay)."""
+    while get_origin(current) not in (None, list, dict):
+        current = next((arg for arg in get_args(current) if arg is not type(None)), None)
+    return current
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The model that validates the mapping at ``loc`` (for listing its allowed keys)."""
     current: Any = SagaDefinition
-    for part in loc:
-        while get_origin(current) is not None and get_origin(current) is not list:
-            current = next((arg for arg in get_args(current) if arg is not type(None)), None)
-        if isinstance(part, int):
+    for i, part in enumerate(loc):
+        current = _unwrap(current)
+        if isinstance(part, str) and part in STEP_KINDS and i and isinstance(loc[i - 1], int):
+            current = STEP_KINDS[part]
+        elif isinstance(part, int):
             current = get_args(current)[0] if get_origin(current) is list else None
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
         elif isinstance(current, type) and issubclass(current, BaseModel):
-            info = current.model_fields.get(part)
-            current = info.annotation if info is not None else None
+            current = next(
+                (
+                    info.annotation
+                    for name, info in current.model_fields.items()
+                    if part in (name, info.alias)
+                ),
+                None,
+            )
         else:
             return None
-    while get_origin(current) is not None and get_origin(current) is not list:
-        current = next((arg for arg in get_args(current) if arg is not type(None)), None)
+    current = _unwrap(current)
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _keys(model: type[BaseModel]) -> str:
+    return ", ".join(info.alias or name for name, info in model.model_fields.items())
 
 
 def _shown(value: Any) -> str:
@@ -92,13 +126,13 @@ def _shown(value: Any) -> str:
 
 
 def _message(error: ErrorDetails) -> str:
-    loc = tuple(error["loc"])
+    loc = _strip_tags(tuple(error["loc"]))
     kind, value = error["type"], error.get("input")
     if kind == "missing":
         return f"missing required key {loc[-1]!r}"
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        allowed = ", ".join(model.model_fields) if model is not None else "none"
+        model = _model_at(tuple(error["loc"])[:-1])
+        allowed = _keys(model) if model is not None else "none"
         return f"unknown key {loc[-1]!r}; allowed keys: {allowed}"
     if kind == "value_error":
         return error["msg"].removeprefix("Value error, ")
@@ -157,7 +191,7 @@ def load_definition(
     try:
         definition = SagaDefinition.model_validate(data)
     except ValidationError as exc:
-        problems += [(tuple(error["loc"]), _message(error)) for error in exc.errors()]
+        problems += [(_strip_tags(tuple(error["loc"])), _message(error)) for error in exc.errors()]
     problems += check_definition(data)
     if definition is None or problems:
         errors = [

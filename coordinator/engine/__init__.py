@@ -10,8 +10,10 @@ The rules, with their table, are in ``transitions.py``.
 """
 
 from .engine import Options, handle, start
+from .flow import match_value
 from .messages import (
     CancelRequested,
+    EventReceived,
     Input,
     ReplyReceived,
     RetryRequested,
@@ -20,12 +22,14 @@ from .messages import (
     Transition,
     TriggerRepeated,
 )
-from .state import Command, ErrorInfo, HistoryEntry, Phase, SagaState, StepState
+from .state import Awaiting, Command, ErrorInfo, HistoryEntry, Phase, SagaState, StepState
 
 __all__ = [
+    "Awaiting",
     "CancelRequested",
     "Command",
     "ErrorInfo",
+    "EventReceived",
     "HistoryEntry",
     "Input",
     "Options",
@@ -39,5 +43,6 @@ __all__ = [
     "Transition",
     "TriggerRepeated",
     "handle",
+    "match_value",
     "start",
 ]

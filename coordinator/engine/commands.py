@@ -12,7 +12,7 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas.definition import SagaDefinition
+from schemas.definition import AnyStep, SagaDefinition, Step
 from schemas.envelope import (
     HEADER_ATTEMPT,
     HEADER_DEADLINE,
@@ -38,6 +38,7 @@ __all__ = [
     "iso_utc",
     "message_id",
     "resolution_context",
+    "skipped_steps",
 ]
 
 REFERENCE_MISSING = "reference_missing"
@@ -66,6 +67,11 @@ def resolution_context(state: SagaState) -> dict[str, Any]:
     }
 
 
+def skipped_steps(state: SagaState) -> frozenset[str]:
+    """Steps whose output reads as null: skipped by their condition (or their group's)."""
+    return frozenset(step.name for step in state.steps if step.status == "skipped")
+
+
 def build_command(
     definition: SagaDefinition,
     state: SagaState,
@@ -75,21 +81,30 @@ def build_command(
     *,
     at: datetime,
     reply_to: str,
+    deadline: datetime,
+    retry: int = 0,
 ) -> Command | ErrorInfo:
-    """The command for ``attempt`` of step ``index``'s ``kind``, or why it cannot be built."""
-    step = definition.steps[index]
-    unknown: frozenset[str] = frozenset()
+    """The command for ``attempt`` of step ``index``'s ``kind``, or why it cannot be built.
+
+    ``deadline`` is the ``x-deadline`` header; ``retry`` the phase's operator retries.
+    """
+    leaf = definition.leaves[index]
+    step = leaf.step
+    unknown = skipped_steps(state)
     if kind == "action":
-        command, template, where = step.command, step.input, f"steps[{index}].input"
+        assert isinstance(step, Step), "an await step sends no command"
+        participant, command, template = step.participant, step.command, step.input
+        where = f"{leaf.path}.input"
     else:
         assert step.compensation is not None
+        participant = definition.compensation_participant(step)
         command, template = step.compensation.command, step.compensation.input
-        where = f"steps[{index}].compensation.input"
+        where = f"{leaf.path}.compensation.input"
         if state.steps[index].output is None:
             # The action's outcome is unknown (it timed out or was aborted in flight): its
             # own output reads as null, and the participant finds what to undo by the
             # action's idempotency key.
-            unknown = frozenset({step.name})
+            unknown = unknown | {step.name}
     try:
         body = resolve(template, resolution_context(state), unknown_steps=unknown)
     except ReferenceMissing as exc:
@@ -109,26 +124,21 @@ def build_command(
         )
     return Command(
         message_id=message_id(state.id, step.name, kind, attempt),
-        routing_key=f"{step.participant}.{command}",
+        routing_key=f"{participant}.{command}",
         type=command,
         reply_to=reply_to,
         timestamp=at,
-        headers=_headers(
-            definition,
-            state,
-            step.name,
-            kind,
-            attempt,
-            at + attempt_timeout(definition, index, kind),
-        ),
+        headers=_headers(definition, state, step.name, kind, attempt, deadline, retry),
         body=copy.deepcopy(body),
     )
 
 
 def attempt_timeout(definition: SagaDefinition, index: int, kind: Kind) -> timedelta:
-    step = definition.steps[index]
+    """How long one attempt of a command may take (an await step's wait is not an attempt)."""
+    step: AnyStep = definition.leaves[index].step
     if kind == "action":
-        return definition.step_timeout(step)
+        assert isinstance(step, Step), "an await step has no attempts"
+        return definition.defaults.timeout if step.timeout is None else step.timeout
     return definition.compensation_timeout(step)
 
 
@@ -139,6 +149,7 @@ def _headers(
     kind: Kind,
     attempt: int,
     deadline: datetime,
+    retry: int,
 ) -> dict[str, str | int]:
     headers: dict[str, str | int] = {
         HEADER_SAGA_ID: state.id,
@@ -147,7 +158,7 @@ def _headers(
         HEADER_STEP: step,
         HEADER_KIND: kind,
         HEADER_ATTEMPT: attempt,
-        HEADER_IDEMPOTENCY_KEY: idempotency_key(state.id, step, kind),
+        HEADER_IDEMPOTENCY_KEY: idempotency_key(state.id, step, kind, retry),
         HEADER_DEADLINE: iso_utc(deadline),
     }
     if state.traceparent:

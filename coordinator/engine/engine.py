@@ -24,6 +24,7 @@ from schemas.definition import SagaDefinition
 from . import transitions
 from .messages import (
     CancelRequested,
+    EventReceived,
     Input,
     ReplyReceived,
     RetryRequested,
@@ -37,7 +38,14 @@ from .state import SagaState, StepState
 
 __all__ = ["Options", "handle", "start"]
 
-_INPUTS = (ReplyReceived, TimerFired, CancelRequested, RetryRequested, TriggerRepeated)
+_INPUTS = (
+    ReplyReceived,
+    TimerFired,
+    CancelRequested,
+    RetryRequested,
+    TriggerRepeated,
+    EventReceived,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,7 @@ def start(
         key=started.key,
         input=started.input,
         status="running",
-        steps=[StepState(name=step.name) for step in definition.steps],
+        steps=[StepState(name=leaf.step.name) for leaf in definition.leaves],
         created_at=at,
         updated_at=at,
         deadline=at + definition.timeout if definition.timeout is not None else None,
@@ -168,7 +176,14 @@ def _finish(run: Run, options: Options, *, refused: str | None) -> Transition:
     if excess > 0:
         del state.history[:excess]
         state.history_dropped += excess
-    return Transition(state=state, commands=list(run.commands), refused=refused, changed=True)
+    awaiting = [entry for entry in state.awaiting if entry.step in run.awaits]
+    return Transition(
+        state=state,
+        commands=list(run.commands),
+        refused=refused,
+        changed=True,
+        awaiting=awaiting,
+    )
 
 
 def _time(value: object) -> datetime:
@@ -200,7 +215,7 @@ def _check_state(definition: SagaDefinition, state: object) -> None:
             "load the definition version the saga was started with"
         )
     names = [step.name for step in state.steps]
-    expected = [step.name for step in definition.steps]
+    expected = [leaf.step.name for leaf in definition.leaves]
     if names != expected:
         raise InvalidTransition(
             f"saga {state.id!r} has steps {names}, but definition {definition.name!r} version "

@@ -12,10 +12,11 @@ from typing import Any
 
 from schemas.envelope import FailedReply, Kind, SucceededReply
 
-from .state import Command, SagaState
+from .state import Awaiting, Command, SagaState
 
 __all__ = [
     "CancelRequested",
+    "EventReceived",
     "Input",
     "ReplyReceived",
     "RetryRequested",
@@ -81,7 +82,23 @@ class TriggerRepeated:
     message_id: str | None = None
 
 
-Input = ReplyReceived | TimerFired | CancelRequested | RetryRequested | TriggerRepeated
+@dataclass(frozen=True, slots=True)
+class EventReceived:
+    """An event of type ``event_type`` for this saga: it may complete a waiting step.
+
+    The runtime finds the sagas through ``SagaState.awaiting`` (see ``engine.match_values``);
+    the engine checks the match itself, so an event that matches nothing is only recorded.
+    """
+
+    event_type: str
+    body: dict[str, Any]
+    at: datetime
+    message_id: str | None = None
+
+
+Input = (
+    ReplyReceived | TimerFired | CancelRequested | RetryRequested | TriggerRepeated | EventReceived
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +108,13 @@ class Transition:
     ``commands`` are also appended to ``state.outbox``, so persisting the state persists
     them. ``refused`` is set (and the state unchanged but for history) when a request
     cannot apply, e.g. a cancel after the pivot: the REST layer answers 409 with it.
-    ``changed`` is false when nothing at all needs persisting.
+    ``changed`` is false when nothing at all needs persisting. ``awaiting`` lists the await
+    steps that started waiting in this transition: the runtime looks for a buffered event
+    for each of them (and hands it in as an ``EventReceived``).
     """
 
     state: SagaState
     commands: list[Command] = field(default_factory=list)
     refused: str | None = None
     changed: bool = True
+    awaiting: list[Awaiting] = field(default_factory=list)

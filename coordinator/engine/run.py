@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coordinator.errors import InvalidTransition
-from schemas.definition import RetryPolicy, SagaDefinition, Step
+from schemas.definition import AnyStep, Leaf, RetryPolicy, SagaDefinition
 from schemas.envelope import Kind
 
 from .state import Command, ErrorInfo, HistoryEntry, Phase, SagaState, StepState
@@ -44,11 +44,18 @@ class Run:
     reply_to: str
     random: Callable[[], float]
     commands: list[Command] = field(default_factory=list)
+    awaits: list[str] = field(default_factory=list)
+    """Await steps that started waiting in this transition."""
+    settling: bool = False
+    """Set while the next compensations are chosen (see ``steps.next_compensations``)."""
 
     # -- look-ups ---------------------------------------------------------------------
 
-    def step_def(self, index: int) -> Step:
-        return self.definition.steps[index]
+    def leaf(self, index: int) -> Leaf:
+        return self.definition.leaves[index]
+
+    def step_def(self, index: int) -> AnyStep:
+        return self.definition.leaves[index].step
 
     def step(self, index: int) -> StepState:
         return self.state.steps[index]
@@ -64,15 +71,15 @@ class Run:
         return step.action if kind == "action" else step.compensation
 
     def policy(self, index: int, kind: Kind) -> RetryPolicy:
-        step = self.definition.steps[index]
+        step = self.step_def(index)
         if kind == "action":
             return self.definition.step_retry(step)
         return self.definition.compensation_retry(step)
 
     def passed_pivot(self) -> str | None:
         """The name of a pivot step that has succeeded, if any."""
-        for step_def, step in zip(self.definition.steps, self.state.steps, strict=True):
-            if step_def.pivot and step.status == "succeeded":
+        for leaf, step in zip(self.definition.leaves, self.state.steps, strict=True):
+            if leaf.step.pivot and step.status == "succeeded":
                 return step.name
         return None
 
@@ -106,6 +113,38 @@ class Run:
                 detail=detail,
             )
         )
+
+    def record_repeat(
+        self,
+        event: str,
+        same: tuple[str, ...],
+        *,
+        step: str | None = None,
+        kind: Kind | None = None,
+        attempt: int | None = None,
+        **detail: Any,
+    ) -> None:
+        """Record a message that changes nothing, counting repeats on one entry.
+
+        An entry of the same ``event``, step, kind and attempt whose ``detail`` has the same
+        values for the keys in ``same`` is the same message again: its ``repeats`` is raised
+        (and ``last_at`` set) instead of appending, so repeats never push transitions out of
+        the bounded history.
+        """
+        history = self.state.history
+        for position in range(len(history) - 1, -1, -1):
+            entry = history[position]
+            if (
+                entry.event == event
+                and (entry.step, entry.kind, entry.attempt) == (step, kind, attempt)
+                and all(entry.detail.get(name) == detail.get(name) for name in same)
+            ):
+                repeats = int(entry.detail.get("repeats", 1)) + 1
+                counted = {**entry.detail, "repeats": repeats, "last_at": self.at}
+                # Entries are shared with the caller's state: replace, never change in place.
+                history[position] = entry.model_copy(update={"detail": counted})
+                return
+        self.record(event, step=step, kind=kind, attempt=attempt, **detail)
 
     def emit(self, command: Command) -> None:
         self.commands.append(command)

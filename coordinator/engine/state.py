@@ -16,6 +16,7 @@ from schemas.envelope import Kind
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Awaiting",
     "Command",
     "ErrorInfo",
     "HistoryEntry",
@@ -26,15 +27,21 @@ __all__ = [
     "StepStatus",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: steps may be ``waiting``, ``skipped`` or ``aborted``; ``awaiting``, ``conditions``,
+``StepState.unknown``, ``StepState.event_id`` and ``Phase.retries`` were added, all with
+defaults, so that a version 1 document loads as is."""
 
 SagaStatus = Literal["running", "compensating", "completed", "compensated", "failed"]
 StepStatus = Literal[
     "pending",
     "running",
+    "waiting",
     "succeeded",
+    "skipped",
     "failed",
     "timed_out",
+    "aborted",
     "compensating",
     "compensated",
     "compensation_failed",
@@ -74,6 +81,9 @@ class Phase(_Doc):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: ErrorInfo | None = None
+    retries: int = 0
+    """Operator retries that resumed this phase: from 1 on, its commands carry the
+    idempotency key ``<saga>:<step>:<kind>:r<retries>``."""
 
 
 class StepState(_Doc):
@@ -82,6 +92,23 @@ class StepState(_Doc):
     output: dict[str, Any] | None = None
     action: Phase = Field(default_factory=Phase)
     compensation: Phase = Field(default_factory=Phase)
+    unknown: bool = False
+    """The action's outcome is unknown (in flight when it was aborted): it is compensated."""
+    event_id: str | None = None
+    """The ``message_id`` of the event that completed this await step."""
+
+
+class Awaiting(_Doc):
+    """What a ``waiting`` step waits for: an event type and this saga's correlation value.
+
+    The runtime indexes ``awaiting.event`` + ``awaiting.value`` to find the sagas an event
+    completes (a string or a number; numbers compare as numbers, as in JSON).
+    """
+
+    step: str
+    event: str
+    value: str | int | float
+    since: datetime
 
 
 class Command(_Doc):
@@ -138,6 +165,10 @@ class SagaState(_Doc):
     history: list[HistoryEntry] = Field(default_factory=list)
     history_dropped: int = 0
     """How many of the oldest history entries were dropped to keep the history bounded."""
+    awaiting: list[Awaiting] = Field(default_factory=list)
+    """One entry per ``waiting`` step: what it waits for, since when."""
+    conditions: dict[str, bool] = Field(default_factory=dict)
+    """The outcome of each ``when`` evaluated so far, by step or group name."""
 
     @property
     def terminal(self) -> bool:
@@ -157,6 +188,8 @@ class SagaState(_Doc):
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> SagaState:
+        """A stored document, of this ``schema_version`` or an older one, as a state."""
         data = dict(doc)
         data["id"] = data.pop("_id")
+        data["schema_version"] = SCHEMA_VERSION  # older versions only lack defaulted fields
         return cls.model_validate(data)

@@ -1,52 +1,67 @@
-"""The saga state machine. ALL transition logic lives in this file.
+"""The saga state machine. ALL transition logic lives in this module and in ``flow.py``
+(the way forward: conditions, groups, await steps) and ``steps.py`` (one step's phases:
+attempts, failures, aborts, compensation order).
 
 Nothing else decides what happens to a saga: ``engine.py`` checks the call, copies the
 state and stamps the result (revision, ``updated_at``, ``wake_at``, history trimming);
 ``commands.py`` only builds a command; ``backoff.py`` only computes a delay. Every function
-here works on a ``Run`` (a private copy of the state plus the input's time) and appends a
+works on a ``Run`` (a private copy of the state plus the input's time) and appends a
 history entry for everything it does.
 
-Only one phase is ever active: the action of the running step, or the compensation of the
-step being compensated. Attempts only count up; an operator retry moves the phase's
-``budget_start`` instead of resetting it, so (step, kind, attempt) names one command.
+Several phases may be active at once: one per branch of a running parallel group, or one
+compensation per branch of a group being compensated. Attempts only count up; an operator
+retry moves the phase's ``budget_start`` and raises its ``retries`` instead of resetting
+it, so (step, kind, attempt) names one command.
 
     (saga status, input)                           → outcome
     ─────────────────────────────────────────────────────────────────────────────────────
-    (—, SagaStarted)                               → running; attempt 1 of step 1 sent
-    (running, success for the awaited action)      → step succeeded; next step sent, or
+    (—, SagaStarted)                               → running; the first item started
+    starting an item                               → its ``when`` false: skipped (a group:
+                                                     all its steps), next item; error:
+                                                     step failed, condition_error; a group
+                                                     starts the first step of each branch;
+                                                     an await step becomes waiting
+    (running, success for the awaited action)      → step succeeded; next step of its
+                                                     branch, or (group done) next item, or
                                                      completed after the last one
     (running, retryable failure / TimerFired at    → attempt failed; retry_at = now+backoff
       the attempt deadline)                          while attempts remain, else as below
     (running, non-retryable failure / exhausted)   → step failed (timed_out if the last
-                                                     attempt timed out) → compensating;
-                                                     failed if a pivot has succeeded
+                                                     attempt timed out); in a group, the
+                                                     other steps in flight aborted →
+                                                     compensating; failed past a pivot
+    (running, EventReceived matching a waiting     → step succeeded, output = event body;
+      step, message_id not seen)                     then as a success
+    (running, TimerFired at an await's timeout)    → step failed, await_timeout, not retried
     (running|compensating, TimerFired at retry_at) → next attempt sent
-    (running, TimerFired at the saga deadline)     → before the pivot: running step aborted
-                                                     (unknown outcome) → compensating,
+    (running, TimerFired at the saga deadline)     → before the pivot: running steps aborted
+                                                     (compensated if in flight), waiting
+                                                     ones aborted → compensating,
                                                      saga_timeout; after it: recorded once
     (running, CancelRequested)                     → before the pivot: as the deadline,
                                                      reason cancelled; after it: refused
     (compensating, CancelRequested)                → recorded, nothing else (not refused)
     (completed|compensated|failed, CancelRequested)→ refused
-    (compensating, success for the awaited         → step compensated; next compensation
-      compensation)                                  (reverse order), or compensated
-    (compensating, failure / attempt timeout)      → retry while attempts remain, else
-                                                     step compensation_failed → failed
-    (failed, RetryRequested)                       → the failed compensation (→ compensating)
-                                                     or post-pivot action (→ running) gets
-                                                     a fresh budget; next attempt sent now
+    (compensating, success for an awaited          → step compensated; the compensations
+      compensation)                                  now due sent, or compensated
+    (compensating, failure / attempt timeout)      → retry while attempts remain, else step
+                                                     compensation_failed → failed once no
+                                                     other compensation is in flight
+    (failed, RetryRequested)                       → every failed compensation (→
+                                                     compensating) or the failed post-pivot
+                                                     steps (→ running) get a fresh budget
+                                                     and key ``…:r<n>``; sent now
     (running|compensating|completed|compensated,   → refused
       RetryRequested)
-    (any, reply not awaited: unknown step or kind, → reply.ignored recorded, nothing else
-      stale/unsent attempt, duplicate, terminal)
-    (any, TriggerRepeated)                         → trigger.repeated recorded
+    (any, reply not awaited: unknown step or kind, → reply.ignored recorded (repeats
+      stale/unsent attempt, duplicate, terminal)     counted on one entry), nothing else
+    (any, EventReceived matching no waiting step)  → event.ignored recorded (repeats counted)
+    (any, TriggerRepeated)                         → trigger.repeated recorded (counted)
     (any, TimerFired with nothing due)             → unchanged (``changed=False``)
 
-Which steps are compensated: those that succeeded, and those whose outcome is unknown
-(status ``timed_out``: the last attempt timed out, or was in flight or timed out when the
-saga was aborted), that have a compensation, one at a time, last step first. A step that
-failed by an explicit failure reply is not compensated; a step without a compensation is
-skipped (recorded as ``compensation.skipped``).
+The saga's ``reason`` keeps the first cause (the failed step's error, the deadline, the
+cancel); later ones (a compensation exhausted) are in the history only. Which steps are
+compensated, and in which order, is described in ``steps.py``.
 """
 
 from __future__ import annotations
@@ -56,12 +71,14 @@ from datetime import datetime
 from typing import NamedTuple
 
 from coordinator.errors import InvalidTransition
+from schemas.definition import AwaitStep
 from schemas.envelope import FailedReply, Kind, SucceededReply
 
-from .backoff import backoff_delay
-from .commands import attempt_timeout, build_command, iso_utc
+from .commands import attempt_timeout, iso_utc
+from .flow import after_leaf, await_timed_out, begin_wait, event_value, same_value, start_item
 from .messages import (
     CancelRequested,
+    EventReceived,
     Input,
     ReplyReceived,
     RetryRequested,
@@ -70,7 +87,16 @@ from .messages import (
     TriggerRepeated,
 )
 from .run import KINDS, Run, error_detail, utc
-from .state import ErrorInfo, StepStatus
+from .state import ErrorInfo
+from .steps import (
+    ATTEMPT_TIMEOUT,
+    abort_leaf,
+    attempt_failed,
+    compensate,
+    next_compensations,
+    send,
+    stop_waiting,
+)
 
 __all__ = [
     "ATTEMPT_TIMEOUT",
@@ -83,11 +109,8 @@ __all__ = [
     "wake_at",
 ]
 
-ATTEMPT_TIMEOUT = "attempt_timeout"
-"""Error code of an attempt that got no reply before its deadline."""
 SAGA_TIMEOUT = "saga_timeout"
 CANCELLED = "cancelled"
-COMPENSABLE: tuple[StepStatus, ...] = ("succeeded", "timed_out")
 DEADLINE_IGNORED = "saga.deadline_ignored"
 
 
@@ -95,11 +118,11 @@ DEADLINE_IGNORED = "saga.deadline_ignored"
 
 
 def started(run: Run, message: SagaStarted) -> None:
-    """A new saga: record it and send attempt 1 of the first step."""
+    """A new saga: record it and start its first item."""
     run.record(
         "saga.started", source=message.source, key=message.key, message_id=message.message_id
     )
-    _send(run, 0, "action")
+    start_item(run, 0)
 
 
 def apply(run: Run, message: Input) -> tuple[bool, str | None]:
@@ -114,11 +137,18 @@ def apply(run: Run, message: Input) -> tuple[bool, str | None]:
         case RetryRequested():
             return True, _retry(run)
         case TriggerRepeated():
-            run.record("trigger.repeated", source=message.source, message_id=message.message_id)
+            run.record_repeat(
+                "trigger.repeated",
+                ("source",),
+                source=message.source,
+                message_id=message.message_id,
+            )
+        case EventReceived():
+            _event(run, message)
         case _:
             raise InvalidTransition(
-                f"the engine takes ReplyReceived, TimerFired, CancelRequested, RetryRequested "
-                f"or TriggerRepeated, not {type(message).__name__}"
+                f"the engine takes ReplyReceived, TimerFired, CancelRequested, RetryRequested, "
+                f"TriggerRepeated or EventReceived, not {type(message).__name__}"
             )
     return True, None
 
@@ -132,8 +162,9 @@ def _reply(run: Run, message: ReplyReceived) -> None:
         )
     index, why = _awaited(run, message)
     if index is None:
-        run.record(
+        run.record_repeat(
             "reply.ignored",
+            ("reply", "reason"),
             step=message.step if isinstance(message.step, str) else None,
             kind=message.kind if message.kind in KINDS else None,
             attempt=_int_or_none(message.attempt),
@@ -149,7 +180,7 @@ def _reply(run: Run, message: ReplyReceived) -> None:
         error = ErrorInfo(
             code=reply.error.code, message=reply.error.message, retryable=reply.error.retryable
         )
-        _attempt_failed(run, index, kind, error, timed_out=False)
+        attempt_failed(run, index, kind, error, timed_out=False)
 
 
 def _awaited(run: Run, message: ReplyReceived) -> tuple[int | None, str]:
@@ -185,6 +216,63 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _event(run: Run, message: EventReceived) -> None:
+    """An event: completes the first waiting step it matches, at most once per message."""
+    state = run.state
+    same = ("event_type", "message_id", "reason")
+    if message.message_id is not None and any(
+        step.event_id == message.message_id for step in state.steps
+    ):
+        reason = "this event already completed a step"
+        run.record_repeat(
+            "event.ignored",
+            same,
+            reason=reason,
+            event_type=message.event_type,
+            message_id=message.message_id,
+        )
+        return
+    if state.status == "running" and isinstance(message.body, dict):
+        for entry in state.awaiting:
+            index = run.index_of(entry.step)
+            step_def = run.step_def(index) if index is not None else None
+            if index is None or not isinstance(step_def, AwaitStep):
+                continue
+            if entry.event != message.event_type:
+                continue
+            if same_value(event_value(step_def.awaits.match, message.body), entry.value):
+                _event_matched(run, index, message)
+                return
+    reason = f"no step of this saga waits for it (saga {state.status})"
+    run.record_repeat(
+        "event.ignored",
+        same,
+        reason=reason,
+        event_type=message.event_type,
+        message_id=message.message_id,
+    )
+
+
+def _event_matched(run: Run, index: int, message: EventReceived) -> None:
+    step, phase = run.step(index), run.phase(index, "action")
+    stop_waiting(run, index)
+    phase.waiting, phase.deadline, phase.finished_at, phase.error = False, None, run.at, None
+    step.status, step.output, step.event_id = (
+        "succeeded",
+        copy.deepcopy(message.body),
+        (message.message_id),
+    )
+    run.record(
+        "event.received",
+        step=step.name,
+        kind="action",
+        attempt=phase.attempt,
+        event_type=message.event_type,
+        message_id=message.message_id,
+    )
+    _forward(run, index)
+
+
 def _timer(run: Run) -> bool:
     """Handle everything due at ``run.at``, oldest first; False when nothing was due."""
     acted = False
@@ -198,6 +286,8 @@ def _timer(run: Run) -> bool:
             deadline = iso_utc(timer.when)
             reason = ErrorInfo(code=SAGA_TIMEOUT, message=f"the saga's deadline {deadline} passed")
             _abort(run, reason, "saga.deadline_passed")
+        elif run.step(timer.step).status == "waiting":
+            await_timed_out(run, timer.step)
         elif run.phase(timer.step, timer.kind).waiting:
             timeout = attempt_timeout(run.definition, timer.step, timer.kind)
             error = ErrorInfo(
@@ -205,9 +295,9 @@ def _timer(run: Run) -> bool:
                 message=f"no reply within {timeout.total_seconds():g}s",
                 retryable=True,
             )
-            _attempt_failed(run, timer.step, timer.kind, error, timed_out=True)
+            attempt_failed(run, timer.step, timer.kind, error, timed_out=True)
         else:
-            _send(run, timer.step, timer.kind)
+            send(run, timer.step, timer.kind)
     state = run.state
     if (
         state.status == "running"
@@ -242,34 +332,46 @@ def _cancel(run: Run, message: CancelRequested) -> str | None:
 
 def _retry(run: Run) -> str | None:
     state = run.state
-    target = _resume_point(run) if state.status == "failed" else None
-    if target is None:
+    targets = _resume_points(run) if state.status == "failed" else []
+    if not targets:
         if state.status == "failed":
             refused = f"saga {state.id!r} is failed but has no failed step to resume"
         else:
             refused = f"saga {state.id!r} is {state.status}: only a failed saga can be retried"
         run.record("retry.refused", refused=refused)
         return refused
-    index, kind = target
-    phase = run.phase(index, kind)
-    phase.budget_start = phase.attempt + 1
+    kind = targets[0][1]
     state.status = "running" if kind == "action" else "compensating"
     if kind == "action":
         state.reason = None
-    run.record("saga.retried", step=run.step(index).name, kind=kind, attempt=phase.attempt + 1)
-    _send(run, index, kind)
+    for index, _ in targets:
+        phase = run.phase(index, kind)
+        phase.budget_start = phase.attempt + 1
+        phase.retries += 1
+        run.record(
+            "saga.retried",
+            step=run.step(index).name,
+            kind=kind,
+            attempt=phase.attempt + 1,
+            retry=phase.retries,
+        )
+    for index, _ in targets:
+        if kind == "action" and isinstance(run.step_def(index), AwaitStep):
+            begin_wait(run, index)
+        else:
+            send(run, index, kind)
     return None
 
 
-def _resume_point(run: Run) -> tuple[int, Kind] | None:
-    """Where a failed saga stopped: a failed compensation, else a failed (post-pivot) step."""
-    for index, step in enumerate(run.state.steps):
-        if step.status == "compensation_failed":
-            return index, "compensation"
-    for index, step in enumerate(run.state.steps):
-        if step.status in ("failed", "timed_out"):
-            return index, "action"
-    return None
+def _resume_points(run: Run) -> list[tuple[int, Kind]]:
+    """Where a failed saga stopped: its failed compensations, else its failed (post-pivot)
+    steps, with the steps of their group cut short by the failure."""
+    steps = run.state.steps
+    failed = [i for i, step in enumerate(steps) if step.status == "compensation_failed"]
+    if failed:
+        return [(i, "compensation") for i in failed]
+    stopped = ("failed", "timed_out", "aborted")
+    return [(i, "action") for i, step in enumerate(steps) if step.status in stopped]
 
 
 # -- timers ------------------------------------------------------------------------------
@@ -284,7 +386,8 @@ class Timer(NamedTuple):
 
 
 def pending_timers(run: Run) -> list[Timer]:
-    """Every timer still pending, earliest first: saga deadline, attempt deadlines, retries."""
+    """Every timer still pending, earliest first: saga deadline, attempt deadlines, await
+    timeouts, retries."""
     state = run.state
     timers: list[Timer] = []
     if state.status == "running" and state.deadline is not None and run.passed_pivot() is None:
@@ -307,39 +410,6 @@ def wake_at(run: Run) -> datetime | None:
 # -- rules -------------------------------------------------------------------------------
 
 
-def _send(run: Run, index: int, kind: Kind) -> None:
-    """Send the next attempt of a phase, or fail it at once if its input cannot resolve."""
-    step, phase = run.step(index), run.phase(index, kind)
-    attempt = phase.attempt + 1
-    step.status = "running" if kind == "action" else "compensating"
-    phase.retry_at = None
-    phase.finished_at = None
-    if phase.started_at is None:
-        phase.started_at = run.at
-    built = build_command(
-        run.definition, run.state, index, kind, attempt, at=run.at, reply_to=run.reply_to
-    )
-    if isinstance(built, ErrorInfo):
-        phase.error = built
-        run.record(
-            f"{kind}.unsendable", step=step.name, kind=kind, attempt=attempt, **error_detail(built)
-        )
-        _give_up(run, index, kind, built, timed_out=False)
-        return
-    phase.attempt = attempt
-    phase.waiting = True
-    phase.deadline = run.at + attempt_timeout(run.definition, index, kind)
-    run.emit(built)
-    run.record(
-        f"{kind}.sent",
-        step=step.name,
-        kind=kind,
-        attempt=attempt,
-        message_id=built.message_id,
-        deadline=phase.deadline,
-    )
-
-
 def _succeeded(
     run: Run, index: int, kind: Kind, output: dict[str, object], message_id: str | None
 ) -> None:
@@ -355,105 +425,24 @@ def _succeeded(
             attempt=phase.attempt,
             message_id=message_id,
         )
-        _next_compensation(run)
+        next_compensations(run)
         return
-    step.status, step.output = "succeeded", output
+    step.status, step.output, step.unknown = "succeeded", output, False
     run.record(
         "action.succeeded", step=step.name, kind=kind, attempt=phase.attempt, message_id=message_id
     )
+    _forward(run, index)
+
+
+def _forward(run: Run, index: int) -> None:
     if run.step_def(index).pivot:
-        run.record("pivot.passed", step=step.name)
-    if index + 1 < len(run.state.steps):
-        _send(run, index + 1, "action")
-    else:
-        run.state.status, run.state.reason = "completed", None
-        run.record("saga.completed")
-
-
-def _attempt_failed(run: Run, index: int, kind: Kind, error: ErrorInfo, *, timed_out: bool) -> None:
-    """A failure reply or an attempt timeout: retry after a backoff, or give up."""
-    step, phase = run.step(index), run.phase(index, kind)
-    phase.waiting, phase.deadline, phase.error = False, None, error
-    event = f"{kind}.timed_out" if timed_out else f"{kind}.failed"
-    run.record(event, step=step.name, kind=kind, attempt=phase.attempt, **error_detail(error))
-    policy = run.policy(index, kind)
-    used = phase.attempt - phase.budget_start + 1
-    if (timed_out or error.retryable) and used < policy.max_attempts:
-        delay = backoff_delay(policy, used, run.draw)
-        phase.retry_at = run.at + delay
-        run.record(
-            f"{kind}.retry_scheduled",
-            step=step.name,
-            kind=kind,
-            attempt=phase.attempt + 1,
-            retry_at=phase.retry_at,
-            delay_ms=round(delay.total_seconds() * 1000),
-        )
-        return
-    _give_up(run, index, kind, error, timed_out=timed_out)
-
-
-def _give_up(run: Run, index: int, kind: Kind, error: ErrorInfo, *, timed_out: bool) -> None:
-    """A phase failed for good: compensate, or fail the saga for an operator."""
-    step, phase = run.step(index), run.phase(index, kind)
-    phase.waiting, phase.deadline, phase.retry_at, phase.finished_at = False, None, None, run.at
-    if kind == "compensation":
-        step.status = "compensation_failed"
-        run.record("step.compensation_failed", step=step.name, kind=kind, attempt=phase.attempt)
-        _fail(run, error, step.name)
-        return
-    step.status = "timed_out" if timed_out else "failed"
-    run.record(f"step.{step.status}", step=step.name, kind=kind, attempt=phase.attempt)
-    if run.passed_pivot() is not None:
-        _fail(run, error, step.name)
-    else:
-        _compensate(run, error)
-
-
-def _fail(run: Run, error: ErrorInfo, step: str) -> None:
-    run.state.status, run.state.reason = "failed", error
-    run.record("saga.failed", step=step, **error_detail(error))
+        run.record("pivot.passed", step=run.step(index).name)
+    after_leaf(run, index)
 
 
 def _abort(run: Run, reason: ErrorInfo, event: str) -> None:
-    """Deadline or cancel before the pivot: stop the running step and compensate."""
+    """Deadline or cancel before the pivot: cut every running step short and compensate."""
     run.record(event, **error_detail(reason))
-    for step in run.state.steps:
-        if step.status != "running":
-            continue
-        phase = step.action
-        unknown = phase.waiting or (phase.error is not None and phase.error.code == ATTEMPT_TIMEOUT)
-        phase.waiting, phase.deadline, phase.retry_at, phase.finished_at = (
-            False,
-            None,
-            None,
-            run.at,
-        )
-        if unknown:
-            step.status, phase.error = "timed_out", reason
-        else:
-            step.status = "failed"
-        outcome = "unknown" if unknown else "failed"
-        run.record(
-            "step.aborted", step=step.name, kind="action", attempt=phase.attempt, outcome=outcome
-        )
-    _compensate(run, reason)
-
-
-def _compensate(run: Run, reason: ErrorInfo) -> None:
-    run.state.status, run.state.reason = "compensating", reason
-    run.record("saga.compensating", **error_detail(reason))
-    for index in reversed(range(len(run.state.steps))):
-        step = run.step(index)
-        if step.status in COMPENSABLE and run.step_def(index).compensation is None:
-            run.record("compensation.skipped", step=step.name, why="the step has no compensation")
-    _next_compensation(run)
-
-
-def _next_compensation(run: Run) -> None:
-    for index in reversed(range(len(run.state.steps))):
-        if run.step(index).status in COMPENSABLE and run.step_def(index).compensation is not None:
-            _send(run, index, "compensation")
-            return
-    run.state.status = "compensated"
-    run.record("saga.compensated")
+    for index in range(len(run.state.steps)):
+        abort_leaf(run, index, reason)
+    compensate(run, reason)

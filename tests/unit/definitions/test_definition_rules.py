@@ -103,7 +103,7 @@ def test_unknown_key_in_compensation_lists_allowed_keys() -> None:
     extra = "    compensation:\n      command: undo\n      retries: 3\n"
     assert errors(HEAD + step("a", extra)) == [
         "demo.yaml:12: steps[0].compensation.retries: unknown key 'retries'; allowed keys: "
-        "command, input, timeout, retry"
+        "participant, command, input, timeout, retry"
     ]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from coordinator.engine import (
     CancelRequested,
     Command,
+    EventReceived,
     Input,
     Options,
     ReplyReceived,
@@ -259,5 +260,39 @@ class Conversation:
     def retry(self) -> Transition:
         return self.feed(RetryRequested(at=self.now))
 
+    def event(
+        self, event_type: str, body: dict[str, Any], message_id: str | None = "e-1"
+    ) -> list[tuple[str, str, int]]:
+        message = EventReceived(
+            event_type=event_type, body=body, at=self.now, message_id=message_id
+        )
+        return sent(self.feed(message).commands)
+
     def trigger_repeated(self) -> Transition:
         return self.feed(TriggerRepeated(at=self.now, source="event:order.placed"))
+
+
+def command(name: str, *, undo: bool = True, **extra: Any) -> dict[str, Any]:
+    """A command step ``name`` of participant ``p`` (``do_<name>``, undone by ``undo_<name>``)."""
+    word = name.replace("-", "_")
+    step: dict[str, Any] = {"name": name, "participant": "p", "command": f"do_{word}", **extra}
+    if undo:
+        step["compensation"] = {"command": f"undo_{word}"}
+    return step
+
+
+def waits(name: str, event: str = "paid", **extra: Any) -> dict[str, Any]:
+    """An await step ``name`` for ``event`` whose ``order_id`` equals the input's."""
+    spec = {"event": event, "match": "${event.order_id}", "equals": "${input.order_id}"}
+    return {"name": name, "await": spec, **extra}
+
+
+def group(name: str, when: str | None = None, **branches: list[dict[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {"name": name, "parallel": branches}
+    if when is not None:
+        found["when"] = when
+    return found
+
+
+def saga_of(*steps: dict[str, Any], **extra: Any) -> SagaDefinition:
+    return SagaDefinition.model_validate({"name": "s", "version": 1, "steps": list(steps), **extra})

@@ -13,6 +13,7 @@ from coordinator.engine import (
     ReplyReceived,
     SagaState,
     TimerFired,
+    TriggerRepeated,
     handle,
 )
 from coordinator.errors import InvalidTransition
@@ -172,11 +173,30 @@ def test_a_timer_with_nothing_due_returns_the_state_unchanged() -> None:
 def test_the_history_is_bounded_and_drops_are_counted() -> None:
     talk = Conversation(linear("a"), options=Options(history_limit=3))
     talk.start()
-    for _ in range(4):
-        talk.trigger_repeated()
+    for source in ("event:x", "event:y", "event:z", "api"):
+        talk.feed(TriggerRepeated(at=talk.now, source=source))
     assert len(talk.state.history) == 3
     assert talk.state.history_dropped == 3
     assert talk.events() == ["trigger.repeated"] * 3
+
+
+def test_repeats_of_one_message_are_counted_on_one_entry_and_keep_transitions() -> None:
+    talk = Conversation(linear("a", "b"), options=Options(history_limit=4))
+    talk.start()
+    talk.succeed("a")
+    for _ in range(50):
+        talk.trigger_repeated()
+        talk.succeed("a", attempt=1)  # a duplicate reply
+    assert talk.events() == [
+        "action.succeeded",
+        "action.sent",
+        "trigger.repeated",
+        "reply.ignored",
+    ]
+    assert talk.state.history_dropped == 2
+    trigger, ignored = talk.state.history[-2:]
+    assert trigger.detail["repeats"] == 50
+    assert ignored.step == "a" and ignored.detail["repeats"] == 50
 
 
 def test_the_state_survives_a_document_round_trip() -> None:

@@ -76,9 +76,11 @@ def test_an_exhausted_compensation_fails_the_saga() -> None:
     assert talk.fire() == []  # attempt 2 times out: the policy allows 2 attempts
     assert talk.step("reserve-stock") == "compensation_failed"
     assert talk.status == "failed"
-    assert talk.state.reason is not None and talk.state.reason.code == "attempt_timeout"
+    # The reason keeps the first cause; the compensation's own error is in the history.
+    assert talk.state.reason is not None and talk.state.reason.code == "card_declined"
     assert talk.state.wake_at is None
     assert talk.events()[-1] == "saga.failed"
+    assert talk.state.history[-1].detail["error"]["code"] == "attempt_timeout"
 
 
 def test_a_non_retryable_compensation_failure_fails_the_saga() -> None:

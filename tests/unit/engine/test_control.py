@@ -51,7 +51,7 @@ def test_a_step_in_backoff_after_an_explicit_failure_is_not_compensated_on_abort
     talk.fail("b", retryable=True)  # retry at +~50s: after the saga deadline
     assert talk.state.wake_at == talk.state.deadline
     assert talk.fire() == [("compensation", "a", 1)]
-    assert talk.step("b") == "failed"
+    assert talk.step("b") == "aborted" and not talk.state.step("b").unknown
 
 
 def test_the_deadline_is_ignored_after_the_pivot_and_recorded_once() -> None:
@@ -162,13 +162,16 @@ def test_retry_of_a_failed_action_after_the_pivot_gets_a_fresh_budget() -> None:
     assert [
         (c.headers["x-saga-step"], c.headers["x-saga-attempt"]) for c in transition.commands
     ] == [("invoice", 4)]
-    assert transition.commands[0].headers["x-idempotency-key"] == "s-1:invoice:action"
+    # a new key, so that the participant runs it again instead of replaying its failure
+    assert transition.commands[0].headers["x-idempotency-key"] == "s-1:invoice:action:r1"
     phase = talk.state.step("invoice").action
     assert (phase.attempt, phase.budget_start) == (4, 4)
     assert talk.status == "running" and talk.state.reason is None
     # the fresh budget allows 3 more attempts
     talk.fail("invoice", retryable=True)
     assert talk.fire() == [("action", "invoice", 5)]
+    assert talk.last is not None
+    assert talk.last.commands[0].headers["x-idempotency-key"] == "s-1:invoice:action:r1"
     assert talk.succeed("invoice") == []
     assert talk.status == "completed"
 
@@ -187,6 +190,7 @@ def test_retry_of_a_failed_compensation_resumes_it_with_a_fresh_budget() -> None
         (c.headers["x-saga-step"], c.headers["x-saga-attempt"]) for c in transition.commands
     ] == [("b", 2)]
     assert transition.commands[0].headers["x-saga-kind"] == "compensation"
+    assert transition.commands[0].headers["x-idempotency-key"] == "s-1:b:compensation:r1"
     assert talk.status == "compensating" and talk.step("b") == "compensating"
     assert talk.state.step("b").compensation.budget_start == 2
     assert talk.succeed("b", kind="compensation") == [("compensation", "a", 1)]
@@ -208,3 +212,43 @@ def test_the_deadline_counts_from_the_start() -> None:
     talk = Conversation(linear("a", saga_timeout="5m"))
     talk.start()
     assert talk.state.deadline == talk.now + timedelta(minutes=5)
+
+
+def test_the_keys_of_a_step_and_kind_are_the_base_and_its_retry_variants() -> None:
+    from schemas.envelope import is_idempotency_key
+
+    for key in ("s:a:action", "s:a:action:r1", "s:a:action:r12"):
+        assert is_idempotency_key(key, "s", "a", "action")
+    for key in ("s:a:action:r0", "s:a:action:r", "s:a:action:r1x", "s:a:compensation", "x"):
+        assert not is_idempotency_key(key, "s", "a", "action")
+
+
+def test_x_deadline_is_the_earlier_of_the_attempt_timeout_and_the_saga_deadline() -> None:
+    saga = linear("a", "b", saga_timeout="1m", timeout="45s")
+    talk = Conversation(saga)
+    talk.start()
+    assert talk.last is not None
+    assert talk.last.commands[0].headers["x-deadline"] == "2026-01-01T12:00:45Z"
+    talk.advance(30)
+    talk.succeed("a")
+    assert talk.last.commands[0].headers["x-deadline"] == "2026-01-01T12:01:00Z"  # the saga's
+    # the deadline: b is aborted in flight and compensated; a compensation is not bound
+    # by the saga's deadline, only by its own timeout (the default 30s)
+    assert talk.fire() == [("compensation", "b", 1)]
+    assert talk.last.commands[0].headers["x-deadline"] == "2026-01-01T12:01:30Z"
+
+
+def test_a_step_cut_short_by_a_cancel_is_aborted_not_timed_out() -> None:
+    talk = Conversation(linear("a", "b"))
+    talk.start()
+    talk.succeed("a")
+    talk.cancel()
+    assert talk.state.step("b").unknown
+    assert talk.step("b") == "compensating"
+    talk.succeed("b", kind="compensation")
+    talk.succeed("a", kind="compensation")
+    assert talk.status == "compensated"
+    assert talk.state.reason is not None and talk.state.reason.code == "cancelled"
+    assert [e.detail["outcome"] for e in talk.state.history if e.event == "step.aborted"] == [
+        "unknown"
+    ]

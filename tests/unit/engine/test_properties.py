@@ -63,6 +63,13 @@ def definitions(draw: st.DrawFn) -> SagaDefinition:
                 "retry": {"max_attempts": draw(st.integers(1, 3)), "backoff": "1s"},
             }
         steps.append(step)
+    # Sometimes the steps before the pivot (or all, without one) become a parallel group
+    # of two branches, whose steps then run and are compensated side by side.
+    end = pivot if pivot is not None else count
+    if end >= 2 and draw(st.booleans()):
+        cut = draw(st.integers(1, end - 1))
+        branches = {"left": steps[:cut], "right": steps[cut:end]}
+        steps = [{"name": "g", "parallel": branches}, *steps[end:]]
     timeout = draw(st.sampled_from([None, "5s", "1m"]))
     data: dict[str, Any] = {"name": "prop", "version": 1, "steps": steps}
     if timeout is not None:
@@ -99,15 +106,21 @@ class Checker:
     def __init__(self, talk: Conversation) -> None:
         self.talk = talk
         self.definition = talk.definition
-        self.order = {step.name: index for index, step in enumerate(self.definition.steps)}
+        self.order = {leaf.step.name: leaf.top for leaf in self.definition.leaves}
         self.emitted: list[Command] = []
         self.seen: set[tuple[str, str, int]] = set()
         self.compensating_seen = False
         self.terminal_seen = False
         self.pivot_passed = False
         self.compensated_order: list[int] = []
+        self.retries: dict[tuple[str, str], int] = {}
 
     def check(self, transition: Transition) -> None:
+        for entry in transition.state.history:
+            if entry.event == "saga.retried" and entry.step and entry.kind:
+                retry = int(entry.detail["retry"])
+                key = (entry.step, entry.kind)
+                self.retries[key] = max(self.retries.get(key, 0), retry)
         for command in transition.commands:
             headers = command.headers
             assert set(headers) >= HEADERS
@@ -117,7 +130,9 @@ class Checker:
                 headers["x-saga-attempt"],
             )
             assert isinstance(step, str) and isinstance(attempt, int)
-            assert headers["x-idempotency-key"] == f"{self.talk.saga_id}:{step}:{kind}"
+            retried = self.retries.get((str(step), str(kind)), 0)
+            base = f"{self.talk.saga_id}:{step}:{kind}"
+            assert headers["x-idempotency-key"] == (f"{base}:r{retried}" if retried else base)
             assert command.message_id == f"{self.talk.saga_id}:{step}:{kind}:{attempt}"
             assert (step, kind, attempt) not in self.seen, "a command was emitted twice"
             self.seen.add((str(step), str(kind), attempt))
@@ -127,18 +142,18 @@ class Checker:
             else:
                 assert not self.pivot_passed, "a compensation after the pivot succeeded"
                 assert "action" in {k for s, k, _ in self.seen if s == step}, "never sent"
-                index = self.order[step]
-                if not self.compensated_order or self.compensated_order[-1] != index:
-                    assert not self.compensated_order or index < self.compensated_order[-1]
-                    self.compensated_order.append(index)
+                # last item first; a group's branches are undone side by side
+                top = self.order[step]
+                assert not self.compensated_order or top <= self.compensated_order[-1]
+                self.compensated_order.append(top)
             self.emitted.append(command)
         state = transition.state
         if state.status == "compensating":
             self.compensating_seen = True
         if state.status in ("completed", "compensated"):
             self.terminal_seen = True
-        for step_def, step_state in zip(self.definition.steps, state.steps, strict=True):
-            if step_def.pivot and step_state.status == "succeeded":
+        for leaf, step_state in zip(self.definition.leaves, state.steps, strict=True):
+            if leaf.step.pivot and step_state.status == "succeeded":
                 self.pivot_passed = True
         if state.status in ("running", "compensating"):
             assert state.wake_at is not None, "an active saga with no timer: it could hang"
@@ -241,6 +256,7 @@ def test_random_conversations_keep_the_invariants_and_end(
         raise AssertionError("the saga did not end")
     assert talk.status in ("completed", "compensated", "failed")
     event(f"ended {talk.status}")
+    event(f"with a group: {len(talk.definition.leaves) != len(talk.definition.steps)}")
     event(f"saw compensation: {checker.compensating_seen}")
     event(f"operator retried: {'saga.retried' in talk.events()}")
     event(f"cancelled: {'saga.cancelled' in talk.events()}")
