@@ -29,7 +29,6 @@ import binascii
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +39,7 @@ from pymongo.errors import PyMongoError
 
 from coordinator.engine.state import ErrorInfo
 from coordinator.errors import StoreUnavailable
+from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaListPage, SagaRow
 
 __all__ = [
     "IN_FLIGHT_STATUSES",
@@ -50,7 +50,6 @@ __all__ = [
     "SagaRow",
 ]
 
-MAX_LIMIT = 500
 _CURSOR_VERSION = 1
 _PROJECTION = {
     "_id": 1,
@@ -68,31 +67,6 @@ IN_FLIGHT_STATUSES = ("running", "compensating", "failed")
 """Every status but ``completed`` and ``compensated``: what ``in_flight`` counts."""
 
 Document = dict[str, Any]
-
-
-class InvalidCursor(ValueError):
-    """The ``cursor`` a client sent was not made by ``SagaQueries``."""
-
-
-@dataclass(frozen=True, slots=True)
-class SagaRow:
-    """One saga as listed: everything but its input, steps and history."""
-
-    id: str
-    definition: str
-    definition_version: int
-    key: str | None
-    status: str
-    reason: ErrorInfo | None
-    deadline: datetime | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SagaListPage:
-    items: list[SagaRow]
-    next_cursor: str | None
 
 
 def _utc(value: datetime) -> datetime:

@@ -15,11 +15,10 @@ from fastapi import Request
 
 from coordinator.engine.messages import Transition
 from coordinator.engine.state import SagaState
-from coordinator.ports import SagaStore
+from coordinator.ports import SagaListing, SagaStore
 from schemas.definition import SagaDefinition
 
 if TYPE_CHECKING:
-    from coordinator.adapters.queries import SagaListPage
     from coordinator.api.auth import TokenTable
 
 __all__ = [
@@ -66,20 +65,6 @@ class SagaCommands(Protocol):
     async def cancel(self, saga_id: str, reason: str) -> Transition: ...
 
     async def retry(self, saga_id: str) -> Transition: ...
-
-
-class SagaListing(Protocol):
-    """The read side: listing sagas (``coordinator.adapters.queries.SagaQueries``)."""
-
-    async def list_sagas(
-        self,
-        *,
-        definition: str | None = None,
-        status: str | None = None,
-        key: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> SagaListPage: ...
 
 
 @dataclass(frozen=True, slots=True)

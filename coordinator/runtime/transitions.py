@@ -1,0 +1,151 @@
+"""The transition runner: load → engine → conditional save → publish.
+
+Every change to an instance is one *transition*, applied the same way whatever caused it
+(a reply, a timer, an operator, a repeated trigger):
+
+1. load the instance: from the state cache (no round trip), else one ``find_one`` (a
+   claimed timer brings it along instead);
+2. run the engine, which returns the new state with the emitted commands appended to its
+   ``outbox``;
+3. ``save_saga(state, expected_revision)``: one conditional replace. When another writer
+   got there first the save writes nothing; the transition is recomputed from a fresh read
+   (bounded retries), so it applies exactly once and is never lost;
+4. publish the new commands (``Outbox``) — only after step 3, so no command leaves for a
+   change that was not persisted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from coordinator.engine.engine import Options, handle
+from coordinator.engine.messages import Input, Transition
+from coordinator.engine.state import SagaState
+from coordinator.errors import SagaNotFound
+from coordinator.logging import saga_extra
+from coordinator.otel import TransitionObserver
+from coordinator.ports import SagaStore
+from coordinator.runtime.cache import StateCache
+from coordinator.runtime.definitions import DefinitionCatalog
+from coordinator.runtime.errors import SagaBusy
+from coordinator.runtime.outbox import Delivered, Outbox
+from coordinator.runtime.stats import ServiceStats
+
+__all__ = ["TransitionRunner"]
+
+log = logging.getLogger("coordinator.service")
+
+
+class TransitionRunner:
+    """Applies one input to one instance, exactly once, and publishes what it emits."""
+
+    def __init__(
+        self,
+        store: SagaStore,
+        *,
+        definitions: DefinitionCatalog,
+        cache: StateCache,
+        outbox: Outbox,
+        options: Options,
+        clock: Callable[[], datetime],
+        random: Callable[[], float],
+        stats: ServiceStats,
+        observers: Sequence[TransitionObserver],
+        conflict_retries: int,
+    ) -> None:
+        self._store = store
+        self._definitions = definitions
+        self._cache = cache
+        self._outbox = outbox
+        self._options = options
+        self._clock = clock
+        self._random = random
+        self._stats = stats
+        self._observers = list(observers)
+        self._conflict_retries = conflict_retries
+
+    async def apply(
+        self,
+        saga_id: str,
+        make_input: Callable[[datetime], Input],
+        *,
+        first: SagaState | None = None,
+        delivered: Delivered | None = None,
+    ) -> Transition:
+        state = first
+        cached = False
+        if state is None and (state := self._cache.get(saga_id)) is not None:
+            cached = True
+        for attempt in range(self._conflict_retries):
+            if state is None:
+                state = await self._store.load_saga(saga_id)
+                if state is None:
+                    raise SagaNotFound(saga_id)
+            definition = await self._definitions.get(state.definition, state.definition_version)
+            expected = state.revision
+            transition = handle(
+                definition,
+                state,
+                make_input(self._clock()),
+                options=self._options,
+                random=self._random,
+            )
+            if not transition.changed:
+                if cached:  # a stale cached state must not decide "nothing to do": read it
+                    self._cache.forget(saga_id)
+                    state, cached = None, False
+                    continue
+                return transition
+            new_state = self.prepare(transition.state, expected, delivered)
+            if await self._store.save_saga(new_state, expected):
+                self.saved(state, new_state)
+                await self._outbox.publish(transition.commands)
+                return replace(transition, state=new_state)
+            self._stats.conflicts += 1
+            self._cache.forget(saga_id)
+            state, cached = None, False
+            await asyncio.sleep(self._random() * 0.01 * (attempt + 1))
+        raise SagaBusy(saga_id, self._conflict_retries)
+
+    def prepare(
+        self, state: SagaState, expected: int | None, delivered: Delivered | None = None
+    ) -> SagaState:
+        """Raise the revision past ``expected``; drop outbox entries known to be published."""
+        if expected is not None and state.revision <= expected:
+            update: dict[str, Any] = {"revision": expected + 1}
+            state = state.model_copy(update=update)
+        return self._outbox.without_published(state, delivered)
+
+    def saved(self, before: SagaState | None, state: SagaState) -> None:
+        """Book-keeping after ``state`` was persisted: cache, outbox, counters, log."""
+        self._cache.remember(state)
+        self._outbox.saved(state)
+        self._stats.transitions += 1
+        for observer in self._observers:
+            observer.record_transition(before, state)
+        if before is not None:
+            _log_transition(state)
+
+
+def _log_transition(state: SagaState) -> None:
+    entry = state.history[-1] if state.history else None
+    level = logging.INFO if state.status != "running" else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
+        "%s → %s",
+        entry.event if entry else "transition",
+        state.status,
+        extra=saga_extra(
+            state.id,
+            entry.step if entry else None,
+            kind=entry.kind if entry else None,
+            attempt=entry.attempt if entry else None,
+        ),
+    )
