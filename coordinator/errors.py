@@ -9,6 +9,8 @@
     │   └── InvalidTransition    our bug: the engine was called with inputs it cannot take
     └── AdapterError
         ├── StoreUnavailable     MongoDB did not answer; the operation may be retried
+        ├── UnstorableData       MongoDB can never store this data (too large, a key it
+        │                        rejects, an integer over 8 bytes…); never retried
         └── BrokerUnavailable    RabbitMQ did not answer; the operation may be retried
 
 Driver exceptions (pymongo, aio-pika) never travel above ``coordinator/adapters``: the
@@ -28,6 +30,7 @@ __all__ = [
     "SagaNotFound",
     "StoreUnavailable",
     "UnknownDefinition",
+    "UnstorableData",
 ]
 
 
@@ -85,6 +88,10 @@ class AdapterError(SagaError):
 
 class StoreUnavailable(AdapterError):
     pass
+
+
+class UnstorableData(AdapterError):
+    """The data cannot be stored, now or ever: retrying is pointless; reject it instead."""
 
 
 class BrokerUnavailable(AdapterError):

@@ -32,8 +32,13 @@ UTC, so a stored state comes back as ``as_stored(state)``: every datetime UTC-aw
 truncated to the millisecond (a naive datetime is taken to be UTC). Engines that stamp
 times with millisecond UTC datetimes see their states come back exactly equal.
 
-Every PyMongo error is re-raised as ``StoreUnavailable`` by ``_translate_errors``, so no
-driver exception travels above ``coordinator/adapters``.
+Errors, by what they mean (``translate_errors``, chained with ``from``): MongoDB unreachable
+or temporarily unable → ``StoreUnavailable`` (wait, try again, ``/readyz`` 503); data it can
+never store — a document the encoder refuses (a NUL in a key, an integer over 8 bytes, a lone
+surrogate), a write error (a key with a ``$``, nesting too deep), or a saga document over
+its size budget (``max_saga_bytes``) → ``UnstorableData``, never retried. A conflict is no
+error: ``save_saga`` returns False and the caller reloads and recomputes. No driver
+exception travels above ``coordinator/adapters``.
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
+import bson
 from bson.codec_options import CodecOptions
 from bson.errors import BSONError
+from bson.raw_bson import RawBSONDocument
 from pymongo import (
     ASCENDING,
     DESCENDING,
@@ -61,7 +68,14 @@ from pymongo import (
     WriteConcern,
 )
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    WriteError,
+)
 from pymongo.monitoring import (
     CommandFailedEvent,
     CommandListener,
@@ -71,17 +85,22 @@ from pymongo.monitoring import (
 
 from coordinator.adapters.batching import GroupCommit
 from coordinator.engine.state import SagaState
-from coordinator.errors import DefinitionConflict, StoreUnavailable
+from coordinator.errors import AdapterError, DefinitionConflict, StoreUnavailable, UnstorableData
 from coordinator.ports import DuplicateSaga, StoredDefinition
 from schemas.definition import SagaDefinition
 
 __all__ = [
+    "DEFAULT_MAX_SAGA_BYTES",
+    "UNSTORABLE_ERRORS",
     "MongoSagaStore",
     "RoundTripCounter",
     "as_stored",
     "definition_hash",
+    "encode_saga",
     "make_client",
+    "store_error",
     "stored_datetime",
+    "translate_errors",
 ]
 
 Document = dict[str, Any]
@@ -108,16 +127,17 @@ _RETIRED_INDEXES = ("definition_status_id", "status_id", "key")
 class _Write:
     """One saga write of a batch: an insert (``expected`` None) or a conditional replace."""
 
-    doc: Document
+    saga_id: str
+    raw: RawBSONDocument
     expected: int | None
     token: str
 
     @classmethod
-    def of(cls, state: SagaState, expected: int | None) -> _Write:
-        """``state``'s document, carrying a fresh ``write_token``."""
+    def of(cls, state: SagaState, expected: int | None, max_bytes: int) -> _Write:
+        """``state``'s document, carrying a fresh ``write_token``, encoded once."""
         doc = state.to_document()
         token = doc[WRITE_FIELD] = uuid4().hex
-        return cls(doc, expected, token)
+        return cls(state.id, encode_saga(doc, max_bytes), expected, token)
 
 
 # -- the stored form, shared with the in-memory double ----------------------------------
@@ -199,12 +219,83 @@ def journaled(concern: WriteConcern) -> WriteConcern:
     return WriteConcern(**{**concern.document, "j": True})
 
 
+_TRANSIENT_CODES = frozenset(
+    {6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11600, 11602, 13435, 13436}
+)
+"""Server error codes that mean "not now" (host unreachable, shutting down, not primary,
+write conflict, time limit…): the same operation may succeed later."""
+
+UNSTORABLE_ERRORS: tuple[type[BaseException], ...] = (
+    BSONError,  # InvalidDocument (a NUL in a key), DocumentTooLarge, InvalidStringData
+    OverflowError,  # an integer over 8 bytes
+    UnicodeEncodeError,  # a lone surrogate in a string
+    RecursionError,  # nesting beyond what the encoder can walk
+)
+"""What the driver raises for data it can never encode."""
+
+_DRIVER_ERRORS: tuple[type[BaseException], ...] = (PyMongoError, *UNSTORABLE_ERRORS)
+
+
+def store_error(exc: BaseException, operation: str) -> AdapterError:
+    """The coordinator's error for a driver error, by what it means.
+
+    Unreachable or temporarily unable (connection failures, timeouts, a failover, the
+    transient server codes) → ``StoreUnavailable``: wait and try again. Data that can never
+    be stored (the encoder refuses it, or the server refuses the document with a write
+    error) → ``UnstorableData``: never retried. Anything else → ``StoreUnavailable``, the
+    cautious choice: nothing is given up on an error that is not understood.
+    """
+    message = f"MongoDB failed to {operation}: {exc}"
+    if isinstance(exc, UNSTORABLE_ERRORS):
+        return UnstorableData(f"cannot {operation}: the data cannot be stored: {exc}")
+    if isinstance(exc, ConnectionFailure):
+        return StoreUnavailable(message)
+    if isinstance(exc, OperationFailure):
+        transient = exc.code in _TRANSIENT_CODES or any(
+            exc.has_error_label(label) for label in ("RetryableWriteError", "ResetPool")
+        )
+        if isinstance(exc, WriteError) and not transient:
+            return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {exc}")
+    return StoreUnavailable(message)
+
+
+def write_error(error: Mapping[str, Any], operation: str) -> AdapterError:
+    """The coordinator's error for one entry of a bulk write's ``writeErrors``."""
+    message = error.get("errmsg", "")
+    if error.get("code") in _TRANSIENT_CODES:
+        return StoreUnavailable(f"MongoDB failed to {operation}: {message}")
+    return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {message}")
+
+
 @contextmanager
-def _translate_errors(operation: str) -> Iterator[None]:
+def translate_errors(operation: str) -> Iterator[None]:
+    """Re-raise driver errors as ``StoreUnavailable`` or ``UnstorableData`` (``store_error``),
+    chained with ``from``."""
     try:
         yield
-    except PyMongoError as exc:
-        raise StoreUnavailable(f"MongoDB failed to {operation}: {exc}") from exc
+    except _DRIVER_ERRORS as exc:
+        raise store_error(exc, operation) from exc
+
+
+DEFAULT_MAX_SAGA_BYTES = 8 * 1024 * 1024
+"""A saga document's size budget: half of MongoDB's 16 MiB, so no saga nears the hard limit."""
+
+
+def encode_saga(doc: Document, max_bytes: int) -> RawBSONDocument:
+    """``doc`` as BSON, once; raises ``UnstorableData`` when it cannot be stored.
+
+    Encoding here, per write, means a document that cannot be encoded fails alone instead
+    of failing the batch it would have joined, and the size budget is checked on the bytes
+    that are sent.
+    """
+    with translate_errors(f"store saga {doc.get('_id')!r}"):
+        raw = bson.encode(doc)
+    if len(raw) > max_bytes:
+        raise UnstorableData(
+            f"saga {doc.get('_id')!r} would take {len(raw)} bytes, over its budget of "
+            f"{max_bytes} bytes (SAGA_SAGA_MAX_BYTES)"
+        )
+    return RawBSONDocument(raw)
 
 
 # -- the store --------------------------------------------------------------------------
@@ -219,8 +310,10 @@ class MongoSagaStore:
         owns_client: bool = False,
         max_batch: int = 256,
         writes_in_flight: int = 1,
+        max_saga_bytes: int = DEFAULT_MAX_SAGA_BYTES,
     ) -> None:
         self._client = client
+        self._max_saga_bytes = max_saga_bytes
         self._owns_client = owns_client
         db = client.get_database(
             database,
@@ -238,7 +331,12 @@ class MongoSagaStore:
     @classmethod
     def connect(cls, url: str, database: str, **kwargs: Any) -> MongoSagaStore:
         """A store with its own client; ``close()`` closes that client."""
-        return cls(make_client(url, **kwargs), database, owns_client=True)
+        options = {
+            name: kwargs.pop(name)
+            for name in ("max_batch", "writes_in_flight", "max_saga_bytes")
+            if name in kwargs
+        }
+        return cls(make_client(url, **kwargs), database, owns_client=True, **options)
 
     async def close(self) -> None:
         """Finish the writes in flight; close the client if this store created it."""
@@ -247,7 +345,7 @@ class MongoSagaStore:
             await self._client.close()
 
     async def ensure_indexes(self) -> None:
-        with _translate_errors("create the indexes"):
+        with translate_errors("create the indexes"):
             await self._sagas.create_indexes(
                 [
                     IndexModel(
@@ -273,7 +371,7 @@ class MongoSagaStore:
             )
 
     async def ping(self) -> None:
-        with _translate_errors("answer a ping"):
+        with translate_errors("answer a ping"):
             await self._db.command("ping")
 
     # -- definitions ------------------------------------------------------------------
@@ -305,7 +403,7 @@ class MongoSagaStore:
                 "definition": definition.model_dump(mode="json"),
                 "registered_at": stored_datetime(datetime.now(UTC)),
             }
-            with _translate_errors("register a definition"):
+            with translate_errors("register a definition"):
                 try:
                     await self._definitions_coll.insert_one(doc)
                 except DuplicateKeyError:
@@ -326,7 +424,7 @@ class MongoSagaStore:
         if version is not None and (cached := self._definitions.get((name, version))):
             return cached
         query: Document = {"name": name} if version is None else {"_id": f"{name}@{version}"}
-        with _translate_errors("read a definition"):
+        with translate_errors("read a definition"):
             doc = await self._definitions_coll.find_one(query, sort=[("version", DESCENDING)])
         return None if doc is None else self._remember(doc)
 
@@ -337,12 +435,12 @@ class MongoSagaStore:
             {"$replaceRoot": {"newRoot": "$doc"}},
             {"$sort": {"name": 1}},
         ]
-        with _translate_errors("list the definitions"):
+        with translate_errors("list the definitions"):
             cursor = await self._definitions_coll.aggregate(pipeline)
             return [self._remember(doc) async for doc in cursor]
 
     async def definition_versions(self, name: str) -> list[StoredDefinition]:
-        with _translate_errors("list a definition's versions"):
+        with translate_errors("list a definition's versions"):
             cursor = self._definitions_coll.find({"name": name}).sort("version", ASCENDING)
             return [self._remember(doc) async for doc in cursor]
 
@@ -355,9 +453,9 @@ class MongoSagaStore:
 
     async def insert_saga(self, state: SagaState) -> None:
         """Insert; a taken (definition, key) — or saga id — raises ``DuplicateSaga``."""
-        inserted = await self._writes.submit(_Write.of(state, None))
+        inserted = await self._writes.submit(_Write.of(state, None, self._max_saga_bytes))
         if not inserted:
-            with _translate_errors("find the saga holding a key"):
+            with translate_errors("find the saga holding a key"):
                 existing = None
                 if state.key is not None:
                     existing = await self._sagas.find_one(
@@ -371,29 +469,29 @@ class MongoSagaStore:
 
     async def find_saga(self, definition: str, key: str) -> SagaState | None:
         """The instance of ``definition`` for business key ``key``, if any."""
-        with _translate_errors("find a saga"):
+        with translate_errors("find a saga"):
             doc = await self._sagas.find_one({"definition": definition, "key": key})
         return None if doc is None else self._state(doc)
 
     async def drop_database(self) -> None:
         """Drop the whole database: for throw-away databases (the demo's, tests')."""
-        with _translate_errors("drop the database"):
+        with translate_errors("drop the database"):
             await self._client.drop_database(self._db.name)
 
     async def load_saga(self, saga_id: str) -> SagaState | None:
-        with _translate_errors("load a saga"):
+        with translate_errors("load a saga"):
             doc = await self._sagas.find_one({"_id": saga_id})
         return None if doc is None else self._state(doc)
 
     async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        return await self._writes.submit(_Write.of(state, expected_revision))
+        return await self._writes.submit(_Write.of(state, expected_revision, self._max_saga_bytes))
 
     async def _write_batch(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
         """One unordered bulk write; per write: inserted / replaced (True) or not (False)."""
-        requests: list[InsertOne[Document] | ReplaceOne[Document]] = [
-            InsertOne(write.doc)
+        requests: list[InsertOne[Any] | ReplaceOne[Any]] = [
+            InsertOne(write.raw)
             if write.expected is None
-            else ReplaceOne({"_id": write.doc["_id"], "revision": write.expected}, write.doc)
+            else ReplaceOne({"_id": write.saga_id, "revision": write.expected}, write.raw)
             for write in batch
         ]
         details: Mapping[str, Any]
@@ -401,10 +499,10 @@ class MongoSagaStore:
             details = (await self._sagas.bulk_write(requests, ordered=False)).bulk_api_result
         except BulkWriteError as exc:
             details = exc.details
-        except (PyMongoError, BSONError) as exc:
+        except _DRIVER_ERRORS as exc:
             if len(batch) > 1 and not isinstance(exc, ConnectionFailure):
                 return await self._write_one_by_one(batch)
-            raise StoreUnavailable(f"MongoDB failed to save sagas: {exc}") from exc
+            raise store_error(exc, "save sagas") from exc
         if details.get("writeConcernErrors"):
             concern = details["writeConcernErrors"][0].get("errmsg", "")
             raise StoreUnavailable(f"MongoDB did not confirm saving sagas: {concern}")
@@ -414,8 +512,7 @@ class MongoSagaStore:
             if batch[index].expected is None and code == _DUPLICATE_KEY:
                 outcomes[index] = False
             else:
-                message = error.get("errmsg", "")
-                outcomes[index] = StoreUnavailable(f"MongoDB failed to save a saga: {message}")
+                outcomes[index] = write_error(error, f"save saga {batch[index].saga_id!r}")
         replaced = [
             index
             for index, write in enumerate(batch)
@@ -439,7 +536,7 @@ class MongoSagaStore:
         for write in batch:
             try:
                 outcomes.extend(await self._write_batch([write]))
-            except StoreUnavailable as exc:
+            except AdapterError as exc:
                 outcomes.append(exc)
         lost = [index for index, outcome in enumerate(outcomes) if outcome is False]
         if lost:
@@ -450,13 +547,13 @@ class MongoSagaStore:
         self, batch: Sequence[_Write], indexes: list[int], outcomes: list[bool | BaseException]
     ) -> None:
         """Set ``outcomes[i]``: whether the stored document carries write ``i``'s token."""
-        ids = list({batch[index].doc["_id"] for index in indexes})
-        with _translate_errors("read back saved sagas"):
+        ids = list({batch[index].saga_id for index in indexes})
+        with translate_errors("read back saved sagas"):
             cursor = self._sagas.find({"_id": {"$in": ids}}, {WRITE_FIELD: 1})
             tokens = {doc["_id"]: doc.get(WRITE_FIELD) async for doc in cursor}
         for index in indexes:
             write = batch[index]
-            outcomes[index] = tokens.get(write.doc["_id"]) == write.token
+            outcomes[index] = tokens.get(write.saga_id) == write.token
 
     async def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[SagaState]:
         """Claim due instances in at most three round trips, whatever ``limit`` is.
@@ -470,7 +567,7 @@ class MongoSagaStore:
         if limit <= 0:
             return []
         due_filter = {"wake_at": {"$lte": now}}
-        with _translate_errors("claim due sagas"):
+        with translate_errors("claim due sagas"):
             cursor = self._sagas.find(due_filter, {"_id": 1}).sort(_OLDEST_FIRST["wake_at"])
             ids = [doc["_id"] async for doc in cursor.limit(limit)]
             if not ids:
@@ -491,7 +588,7 @@ class MongoSagaStore:
         if limit <= 0:
             return []
         query = {"outbox.0": {"$exists": True}, "updated_at": {"$lt": older_than}}
-        with _translate_errors("find unpublished commands"):
+        with translate_errors("find unpublished commands"):
             cursor = self._sagas.find(query).sort(_OLDEST_FIRST["updated_at"]).limit(limit)
             return [self._state(doc) async for doc in cursor]
 
@@ -505,5 +602,5 @@ class MongoSagaStore:
             UpdateOne({"_id": saga_id}, {"$pull": {"outbox": {"message_id": {"$in": ids}}}})
             for saga_id, ids in by_saga.items()
         ]
-        with _translate_errors("clear published commands"):
+        with translate_errors("clear published commands"):
             await self._sagas.bulk_write(updates, ordered=False)

@@ -27,18 +27,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from bson.codec_options import CodecOptions
 from pymongo import DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
 
+from coordinator.adapters.mongo import translate_errors
 from coordinator.engine.state import ErrorInfo
-from coordinator.errors import StoreUnavailable
 from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaListPage, SagaRow
 
 __all__ = [
@@ -94,14 +91,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from exc
 
 
-@contextmanager
-def _translate_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except PyMongoError as exc:
-        raise StoreUnavailable(f"MongoDB failed to {operation}: {exc}") from exc
-
-
 def _row(doc: Document) -> SagaRow:
     reason = doc.get("reason")
     deadline = doc.get("deadline")
@@ -130,7 +119,7 @@ class SagaQueries:
     async def ensure_indexes(self) -> None:
         """The indexes that serve the listing: newest first, alone or under one filter."""
         order = [("created_at", DESCENDING), ("_id", DESCENDING)]
-        with _translate_errors("create the listing indexes"):
+        with translate_errors("create the listing indexes"):
             await self._sagas.create_indexes(
                 [
                     IndexModel(order, name="list_created"),
@@ -174,7 +163,7 @@ class SagaQueries:
         query: Document = (
             {"$and": conditions} if len(conditions) > 1 else next(iter(conditions), {})
         )
-        with _translate_errors("list sagas"):
+        with translate_errors("list sagas"):
             docs = (
                 await self._sagas.find(query, _PROJECTION).sort(_ORDER).limit(limit + 1).to_list()
             )
@@ -201,7 +190,7 @@ class SagaQueries:
                 }
             },
         ]
-        with _translate_errors("count the sagas in flight"):
+        with translate_errors("count the sagas in flight"):
             cursor = await self._sagas.aggregate(pipeline)
             groups = await cursor.to_list()
         return {

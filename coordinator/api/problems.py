@@ -29,8 +29,9 @@ from coordinator.errors import (
     SagaError,
     SagaNotFound,
     UnknownDefinition,
+    UnstorableData,
 )
-from coordinator.service import SagaBusy
+from coordinator.runtime.errors import SagaBusy
 
 __all__ = [
     "PROBLEM_JSON",
@@ -217,6 +218,8 @@ def _saga_error_status(exc: SagaError) -> tuple[int, str]:
         return 409, "definition-conflict"
     if isinstance(exc, DefinitionError):
         return 422, "invalid-definition"
+    if isinstance(exc, UnstorableData):
+        return 422, "unstorable"
     if isinstance(exc, AdapterError):
         return 503, "unavailable"
     if isinstance(exc, SagaBusy):

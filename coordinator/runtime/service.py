@@ -29,7 +29,7 @@ from coordinator.engine.messages import (
     TriggerRepeated,
 )
 from coordinator.engine.state import SagaState
-from coordinator.errors import SagaNotFound
+from coordinator.errors import SagaNotFound, UnstorableData
 from coordinator.logging import saga_extra
 from coordinator.metrics import SagaMetrics
 from coordinator.otel import TransitionObserver
@@ -170,7 +170,8 @@ class SagaService:
         """Start one saga per latest definition triggered by ``event_type``.
 
         Returns how many instances were created; raises ``MessageRejected`` when a
-        definition's trigger key or input cannot be resolved from the event.
+        definition's trigger key or input cannot be resolved from the event, or the saga
+        it would start cannot be stored.
         """
         matching = self.definitions.triggered_by(event_type)
         if not matching and self.definitions.stale(timedelta(seconds=1)):
@@ -190,15 +191,19 @@ class SagaService:
             except (ReferenceMissing, ValueError) as exc:
                 problems.append(f"definition {definition.name!r} trigger: {exc}")
                 continue
-            _, new = await self.start_saga(
-                definition.name,
-                saga_input,
-                version=definition.version,
-                key=key,
-                source=f"event:{event_type}",
-                message_id=message_id,
-                traceparent=traceparent,
-            )
+            try:
+                _, new = await self.start_saga(
+                    definition.name,
+                    saga_input,
+                    version=definition.version,
+                    key=key,
+                    source=f"event:{event_type}",
+                    message_id=message_id,
+                    traceparent=traceparent,
+                )
+            except UnstorableData as exc:
+                problems.append(f"definition {definition.name!r}: {exc}")
+                continue
             created += int(new)
         if problems:
             raise MessageRejected("; ".join(problems))
@@ -206,10 +211,16 @@ class SagaService:
 
     # -- advancing --------------------------------------------------------------------
     async def on_reply(self, saga_id: str, reply: ReplyReceived) -> Transition | None:
-        """Apply a participant's reply; a reply for an unknown saga is only logged."""
+        """Apply a participant's reply; a reply for an unknown saga is only logged.
+
+        A success whose output cannot be stored fails the attempt with ``invalid_reply``.
+        """
         try:
             return await self.runner.apply(
-                saga_id, lambda _at: reply, delivered=(reply.step, reply.kind, reply.attempt)
+                saga_id,
+                lambda _at: reply,
+                delivered=(reply.step, reply.kind, reply.attempt),
+                stop_unstorable=True,
             )
         except SagaNotFound:
             log.warning(
@@ -230,7 +241,10 @@ class SagaService:
         if not claimed:
             return 0
         results = await asyncio.gather(
-            *(self.runner.apply(s.id, lambda at: TimerFired(at=at), first=s) for s in claimed),
+            *(
+                self.runner.apply(s.id, lambda at: TimerFired(at=at), first=s, stop_unstorable=True)
+                for s in claimed
+            ),
             return_exceptions=True,
         )
         fired = 0

@@ -12,6 +12,13 @@ Every change to an instance is one *transition*, applied the same way whatever c
    (bounded retries), so it applies exactly once and is never lost;
 4. publish the new commands (``Outbox``) — only after step 3, so no command leaves for a
    change that was not persisted.
+
+When the new state cannot be stored (``UnstorableData``: a reply's output with a key MongoDB
+rejects, the saga over its size budget…), retrying is pointless. A success reply is then
+applied as the failure ``invalid_reply`` (not retryable) instead, so the attempt fails and
+the saga goes on as the definition says; a timer (``stop_unstorable``) stops the saga as
+``failed`` with the reason ``unstorable`` rather than firing again and again; any other
+caller gets the ``UnstorableData`` (the REST API answers 422, an event is dead-lettered).
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from datetime import datetime
 from typing import Any
 
 from coordinator.engine.engine import Options, handle
-from coordinator.engine.messages import Input, Transition
-from coordinator.engine.state import SagaState
-from coordinator.errors import SagaNotFound
+from coordinator.engine.messages import Input, ReplyReceived, Transition
+from coordinator.engine.state import ErrorInfo, HistoryEntry, SagaState
+from coordinator.errors import SagaNotFound, UnstorableData
 from coordinator.logging import saga_extra
 from coordinator.otel import TransitionObserver
 from coordinator.ports import SagaStore
@@ -35,6 +42,10 @@ from coordinator.runtime.definitions import DefinitionCatalog
 from coordinator.runtime.errors import SagaBusy
 from coordinator.runtime.outbox import Delivered, Outbox
 from coordinator.runtime.stats import ServiceStats
+from schemas.envelope import FailedReply, ReplyError, SucceededReply
+
+INVALID_REPLY = "invalid_reply"
+UNSTORABLE = "unstorable"
 
 __all__ = ["TransitionRunner"]
 
@@ -76,6 +87,7 @@ class TransitionRunner:
         *,
         first: SagaState | None = None,
         delivered: Delivered | None = None,
+        stop_unstorable: bool = False,
     ) -> Transition:
         state = first
         cached = False
@@ -88,12 +100,9 @@ class TransitionRunner:
                     raise SagaNotFound(saga_id)
             definition = await self._definitions.get(state.definition, state.definition_version)
             expected = state.revision
+            message = make_input(self._clock())
             transition = handle(
-                definition,
-                state,
-                make_input(self._clock()),
-                options=self._options,
-                random=self._random,
+                definition, state, message, options=self._options, random=self._random
             )
             if not transition.changed:
                 if cached:  # a stale cached state must not decide "nothing to do": read it
@@ -102,7 +111,22 @@ class TransitionRunner:
                     continue
                 return transition
             new_state = self.prepare(transition.state, expected, delivered)
-            if await self._store.save_saga(new_state, expected):
+            try:
+                won = await self._store.save_saga(new_state, expected)
+            except UnstorableData as exc:
+                instead = _invalid_reply(message, exc)
+                if instead is not None:
+                    log.warning(
+                        "a reply's output cannot be stored; the attempt fails: %s",
+                        exc,
+                        extra=saga_extra(saga_id, instead.step, kind=instead.kind),
+                    )
+                    make_input = _constant(instead)
+                    continue  # the same state, the failure instead of the success
+                if not stop_unstorable:
+                    raise
+                return await self._stop(state, exc)
+            if won:
                 self.saved(state, new_state)
                 await self._outbox.publish(transition.commands)
                 return replace(transition, state=new_state)
@@ -111,6 +135,37 @@ class TransitionRunner:
             state, cached = None, False
             await asyncio.sleep(self._random() * 0.01 * (attempt + 1))
         raise SagaBusy(saga_id, self._conflict_retries)
+
+    async def _stop(self, state: SagaState, exc: UnstorableData) -> Transition:
+        """Stop ``state`` as ``failed``: no change the engine makes to it can be stored.
+
+        The stored state is what the engine last left, plus the reason and one history
+        entry; its timers are off, so nothing fires again. An operator sees why.
+        """
+        now = self._clock()
+        reason = ErrorInfo(code=UNSTORABLE, message=str(exc), retryable=False)
+        entry = HistoryEntry(
+            at=now, event="saga.failed", status="failed", detail=reason.model_dump()
+        )
+        stopped = state.model_copy(
+            update={
+                "status": "failed",
+                "reason": reason,
+                "wake_at": None,
+                "updated_at": now,
+                "revision": state.revision + 1,
+                "history": [*state.history, entry],
+            }
+        )
+        log.error(
+            "the saga's next state cannot be stored; it stops as failed: %s",
+            exc,
+            extra=saga_extra(state.id),
+        )
+        if not await self._store.save_saga(stopped, state.revision):
+            raise SagaBusy(state.id, 1)
+        self.saved(state, stopped)
+        return Transition(state=stopped)
 
     def prepare(
         self, state: SagaState, expected: int | None, delivered: Delivered | None = None
@@ -149,3 +204,20 @@ def _log_transition(state: SagaState) -> None:
             attempt=entry.attempt if entry else None,
         ),
     )
+
+
+def _invalid_reply(message: Input, exc: UnstorableData) -> ReplyReceived | None:
+    """The failure ``invalid_reply`` in place of a success reply, else None."""
+    if not isinstance(message, ReplyReceived) or not isinstance(message.reply, SucceededReply):
+        return None
+    error = ReplyError(
+        code=INVALID_REPLY,
+        message=f"the reply's output cannot be stored: {exc}"[:10_000],
+        retryable=False,
+    )
+    failed = FailedReply(status="failed", error=error)
+    return replace(message, reply=failed)
+
+
+def _constant(message: Input) -> Callable[[datetime], Input]:
+    return lambda _at: message

@@ -27,7 +27,7 @@ from coordinator.adapters import (
     as_stored,
 )
 from coordinator.engine.state import Command, HistoryEntry, SagaState, StepState
-from coordinator.errors import DefinitionConflict, StoreUnavailable
+from coordinator.errors import DefinitionConflict, StoreUnavailable, UnstorableData
 from coordinator.ports import DuplicateSaga, SagaStore
 from schemas.definition import SagaDefinition
 from tests.conftest import free_port
@@ -422,7 +422,7 @@ async def test_a_write_the_batch_cannot_carry_fails_alone(counted: MongoSagaStor
         counted.insert_saga(states[5]),
         return_exceptions=True,
     )
-    assert isinstance(outcomes[1], StoreUnavailable)
+    assert isinstance(outcomes[1], UnstorableData)  # never an outage: never retried
     assert outcomes[:1] + outcomes[2:] == [True] * 4 + [None]
     assert await counted.load_saga("s-0") == as_stored(states[0])
     for state in [*good, states[5]]:
@@ -447,7 +447,7 @@ async def test_a_batch_that_fails_as_a_whole_is_retried_write_by_write(
         return_exceptions=True,
     )
     assert outcomes[:5] == [True, None, True, True, True]
-    assert isinstance(outcomes[5], StoreUnavailable)
+    assert isinstance(outcomes[5], UnstorableData)
     assert "cannot encode" in str(outcomes[5])
     assert await counted.load_saga("s-0") == as_stored(states[0])
     for state in [*good, states[5]]:
@@ -494,6 +494,34 @@ async def test_idle_claim_is_one_round_trip(
     counter.reset()
     assert await counted.claim_due(at(0), LEASE, limit=100) == []
     assert counter.total == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("input", {"a\x00b": 1}, "NULL byte"),
+        ("input", {"n": 1 << 70}, "8-byte ints"),
+        ("input", {"s": "\ud8d1"}, "surrogates"),
+        ("input", {"blob": "x" * 3000}, "budget"),
+    ],
+)
+async def test_data_that_can_never_be_stored_is_unstorable_not_an_outage(
+    backend: SagaStore, field: str, value: Any, why: str
+) -> None:
+    if isinstance(backend, InMemorySagaStore):
+        backend.max_saga_bytes = 2048
+    else:
+        assert isinstance(backend, MongoSagaStore)
+        backend._max_saga_bytes = 2048
+    await backend.ensure_indexes()
+    bad = saga("s-bad").model_copy(update={field: value})
+    with pytest.raises(UnstorableData, match=why):
+        await backend.insert_saga(bad)
+    await backend.insert_saga(saga("s-1"))
+    with pytest.raises(UnstorableData, match=why):
+        await backend.save_saga(bad.model_copy(update={"id": "s-1", "revision": 1}), 0)
+    assert await backend.load_saga("s-1") == as_stored(saga("s-1"))
+    assert await backend.load_saga("s-bad") is None
 
 
 # PyMongo leaves the socket of a refused connection to the garbage collector; collect it
