@@ -3,6 +3,8 @@
 Every change to an instance is one *transition*, applied the same way whatever caused it
 (a reply, a timer, an operator, a repeated trigger):
 
+0. wait for the transitions of the same saga already in flight in this process
+   (``PerKeyLock``): they would only conflict with each other;
 1. load the instance: from the state cache (no round trip), else one ``find_one`` (a
    claimed timer brings it along instead);
 2. run the engine, which returns the new state with the emitted commands appended to its
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -41,6 +43,7 @@ from coordinator.runtime.cache import StateCache
 from coordinator.runtime.definitions import DefinitionCatalog
 from coordinator.runtime.errors import SagaBusy
 from coordinator.runtime.outbox import Delivered, Outbox
+from coordinator.runtime.serial import PerKeyLock
 from coordinator.runtime.stats import ServiceStats
 from schemas.envelope import FailedReply, ReplyError, SucceededReply
 
@@ -79,6 +82,10 @@ class TransitionRunner:
         self._stats = stats
         self._observers = list(observers)
         self._conflict_retries = conflict_retries
+        self._serial = PerKeyLock()
+        self.before_save: Callable[[SagaState], Awaitable[None]] | None = None
+        """A seam for tests: awaited between the engine's answer and the save, with the
+        state about to be saved (e.g. to hold one replica while another commits)."""
 
     async def apply(
         self,
@@ -88,6 +95,18 @@ class TransitionRunner:
         first: SagaState | None = None,
         delivered: Delivered | None = None,
         stop_unstorable: bool = False,
+    ) -> Transition:
+        """Apply ``make_input(now)`` to the saga, after any transition of it in flight here."""
+        async with self._serial.hold(saga_id):
+            return await self._apply(saga_id, make_input, first, delivered, stop_unstorable)
+
+    async def _apply(
+        self,
+        saga_id: str,
+        make_input: Callable[[datetime], Input],
+        first: SagaState | None,
+        delivered: Delivered | None,
+        stop_unstorable: bool,
     ) -> Transition:
         state = first
         cached = False
@@ -111,6 +130,8 @@ class TransitionRunner:
                     continue
                 return transition
             new_state = self.prepare(transition.state, expected, delivered)
+            if self.before_save is not None:
+                await self.before_save(new_state)
             try:
                 won = await self._store.save_saga(new_state, expected)
             except UnstorableData as exc:
