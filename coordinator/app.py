@@ -125,7 +125,12 @@ async def serve(
     counter = RoundTripCounter()
     client = make_client(settings.mongodb_url, counter=counter)  # store and queries share it
     metrics = SagaMetrics(round_trips=lambda: counter.counts)
-    store = MongoSagaStore(client, settings.mongodb_database, owns_client=True)
+    store = MongoSagaStore(
+        client,
+        settings.mongodb_database,
+        owns_client=True,
+        max_saga_bytes=settings.max_saga_bytes,
+    )
     queries = SagaQueries(client, settings.mongodb_database)
     broker = RabbitBroker(
         settings.amqp_url,
@@ -153,7 +158,7 @@ async def serve(
             trigger_binder=broker.bind_events,
             metrics=metrics,
             spans=spans,
-            state_cache=settings.state_cache,
+            state_cache_bytes=settings.state_cache_bytes,
         )
         metrics.track_service(lambda: service.stats)  # conflicts, relays, timers… at scrape
         if settings.definitions_dir is not None:

@@ -293,7 +293,7 @@ def encode_saga(doc: Document, max_bytes: int) -> RawBSONDocument:
     if len(raw) > max_bytes:
         raise UnstorableData(
             f"saga {doc.get('_id')!r} would take {len(raw)} bytes, over its budget of "
-            f"{max_bytes} bytes (SAGA_SAGA_MAX_BYTES)"
+            f"{max_bytes} bytes (SAGA_MAX_SAGA_BYTES)"
         )
     return RawBSONDocument(raw)
 

@@ -34,7 +34,7 @@ from coordinator.logging import saga_extra
 from coordinator.metrics import SagaMetrics
 from coordinator.otel import TransitionObserver
 from coordinator.ports import DuplicateSaga, Publisher, SagaStore
-from coordinator.runtime.cache import StateCache
+from coordinator.runtime.cache import DEFAULT_STATE_CACHE_BYTES, StateCache
 from coordinator.runtime.definitions import DefinitionCatalog, TriggerBinder
 from coordinator.runtime.errors import MessageRejected
 from coordinator.runtime.outbox import Outbox
@@ -68,7 +68,7 @@ class SagaService:
         trigger_binder: TriggerBinder | None = None,
         metrics: SagaMetrics | None = None,
         spans: TransitionObserver | None = None,
-        state_cache: int = 10_000,
+        state_cache_bytes: int = DEFAULT_STATE_CACHE_BYTES,
         new_trace: Callable[[], str] = new_traceparent,
     ) -> None:
         self._store = store
@@ -81,7 +81,7 @@ class SagaService:
         self._new_trace = new_trace
         self.stats = ServiceStats()
         self.definitions = DefinitionCatalog(store, clock=clock, binder=trigger_binder)
-        self.cache = StateCache(state_cache)
+        self.cache = StateCache(state_cache_bytes)
         self.outbox = Outbox(
             store, publisher, clock=clock, stats=self.stats, relay_age=relay_age, batch=batch
         )
