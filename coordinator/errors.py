@@ -4,6 +4,7 @@
     ├── DefinitionError          a definition is invalid (every error located)
     │   └── DefinitionConflict   (name, version) already registered with other content
     ├── UnknownDefinition        no definition of that name (and version) is registered
+    ├── DefinitionUnloadable     a stored definition no longer passes validation
     ├── SagaNotFound             no saga instance has that id
     ├── EngineError
     │   └── InvalidTransition    our bug: the engine was called with inputs it cannot take
@@ -24,6 +25,7 @@ __all__ = [
     "BrokerUnavailable",
     "DefinitionConflict",
     "DefinitionError",
+    "DefinitionUnloadable",
     "EngineError",
     "InvalidTransition",
     "SagaError",
@@ -66,6 +68,18 @@ class UnknownDefinition(SagaError):
         self.version = version
         which = f"{name!r}" if version is None else f"{name!r} version {version}"
         super().__init__(f"no definition {which} is registered")
+
+
+class DefinitionUnloadable(SagaError):
+    """A stored definition fails to load (say, a rule added after it was registered)."""
+
+    def __init__(self, name: str, version: int, problem: str) -> None:
+        self.name = name
+        self.version = version
+        super().__init__(
+            f"the stored definition {name!r} version {version} does not load: {problem}; "
+            f"register a corrected version {version + 1}"
+        )
 
 
 class SagaNotFound(SagaError):

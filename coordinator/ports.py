@@ -38,6 +38,8 @@ class StoredDefinition:
     """The text it was registered from (YAML or JSON)."""
     content_hash: str
     registered_at: datetime
+    retired: bool = False
+    """Retired: its trigger starts no saga, until a new version of its name is registered."""
 
 
 class DuplicateSaga(Exception):
@@ -63,12 +65,25 @@ class SagaStore(Protocol):
     async def get_definition(
         self, name: str, version: int | None = None
     ) -> StoredDefinition | None:
-        """One version, or the latest when ``version`` is None."""
+        """One version, or the latest when ``version`` is None; raises
+        ``DefinitionUnloadable`` when the stored document fails to load."""
         ...
 
-    async def latest_definitions(self) -> list[StoredDefinition]: ...
+    async def latest_definitions(self) -> list[StoredDefinition]:
+        """The latest version of each name; one that fails to load is skipped (and logged)."""
+        ...
 
-    async def definition_versions(self, name: str) -> list[StoredDefinition]: ...
+    async def definition_versions(self, name: str) -> list[StoredDefinition]:
+        """Every version of ``name`` that loads, oldest first."""
+        ...
+
+    async def retire_definition(self, name: str) -> bool:
+        """Mark every version of ``name`` retired; False when no version exists."""
+        ...
+
+    async def trigger_events(self) -> set[str]:
+        """The trigger event of every stored version, retired or not (to unbind)."""
+        ...
 
     # -- instances ---------------------------------------------------------------------
     async def insert_saga(self, state: SagaState) -> None:

@@ -89,6 +89,10 @@ class DefinitionOut(_Response):
     content_hash: str = Field(description="sha256 of the definition's canonical JSON.")
     definition: SagaDefinition
     source: str = Field(description="The YAML or JSON text it was registered from.")
+    retired: bool = Field(
+        default=False,
+        description="Retired: its trigger starts no saga until a new version is registered.",
+    )
 
 
 class DefinitionList(_Response):

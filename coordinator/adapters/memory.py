@@ -12,6 +12,7 @@ document update is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -85,6 +86,21 @@ class InMemorySagaStore:
             for (stored_name, _), stored in sorted(self.definitions.items())
             if stored_name == name
         ]
+
+    async def retire_definition(self, name: str) -> bool:
+        found = False
+        for key, stored in list(self.definitions.items()):
+            if key[0] == name:
+                self.definitions[key] = dataclasses.replace(stored, retired=True)
+                found = True
+        return found
+
+    async def trigger_events(self) -> set[str]:
+        return {
+            stored.definition.trigger.event
+            for stored in self.definitions.values()
+            if stored.definition.trigger is not None
+        }
 
     # -- instances ----------------------------------------------------------------------
     async def insert_saga(self, state: SagaState) -> None:

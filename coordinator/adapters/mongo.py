@@ -2,10 +2,8 @@
 
 Theory of operation
 -------------------
-Two collections. ``definitions`` holds one immutable document per (name, version), with
-``_id = "{name}@{version}"`` and the sha256 of the definition's canonical JSON, so that a
-second registration is either identical or a conflict. Because definitions never change,
-every one read is cached in memory by (name, version).
+Two collections. ``definitions`` holds one immutable document per (name, version)
+(``mongo_definitions.MongoDefinitions``, to which the store delegates).
 
 ``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
 counter: ``save_saga`` is a replace filtered on the expected revision.
@@ -43,23 +41,17 @@ exception travels above ``coordinator/adapters``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
-import bson
 from bson.codec_options import CodecOptions
-from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 from pymongo import (
     ASCENDING,
-    DESCENDING,
     AsyncMongoClient,
     IndexModel,
     InsertOne,
@@ -71,10 +63,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
-    DuplicateKeyError,
-    OperationFailure,
-    PyMongoError,
-    WriteError,
 )
 from pymongo.monitoring import (
     CommandFailedEvent,
@@ -84,8 +72,18 @@ from pymongo.monitoring import (
 )
 
 from coordinator.adapters.batching import GroupCommit
+from coordinator.adapters.mongo_definitions import MongoDefinitions, definition_hash
+from coordinator.adapters.mongo_errors import (
+    DEFAULT_MAX_SAGA_BYTES,
+    DRIVER_ERRORS,
+    UNSTORABLE_ERRORS,
+    encode_saga,
+    store_error,
+    translate_errors,
+    write_error,
+)
 from coordinator.engine.state import SagaState
-from coordinator.errors import AdapterError, DefinitionConflict, StoreUnavailable, UnstorableData
+from coordinator.errors import AdapterError, StoreUnavailable
 from coordinator.ports import DuplicateSaga, StoredDefinition
 from schemas.definition import SagaDefinition
 
@@ -101,6 +99,7 @@ __all__ = [
     "store_error",
     "stored_datetime",
     "translate_errors",
+    "write_error",
 ]
 
 Document = dict[str, Any]
@@ -162,17 +161,6 @@ def as_stored(state: SagaState) -> SagaState:
     return SagaState.from_document(_stored_value(state.to_document()))
 
 
-def definition_hash(definition: SagaDefinition) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces) of the definition."""
-    canonical = json.dumps(
-        definition.model_dump(mode="json"),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 # -- round trips and errors ---------------------------------------------------------------
 class RoundTripCounter(CommandListener):
     """Counts the commands a client sends, by command name (``update``, ``find``, …)."""
@@ -219,85 +207,6 @@ def journaled(concern: WriteConcern) -> WriteConcern:
     return WriteConcern(**{**concern.document, "j": True})
 
 
-_TRANSIENT_CODES = frozenset(
-    {6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-)
-"""Server error codes that mean "not now" (host unreachable, shutting down, not primary,
-write conflict, time limit…): the same operation may succeed later."""
-
-UNSTORABLE_ERRORS: tuple[type[BaseException], ...] = (
-    BSONError,  # InvalidDocument (a NUL in a key), DocumentTooLarge, InvalidStringData
-    OverflowError,  # an integer over 8 bytes
-    UnicodeEncodeError,  # a lone surrogate in a string
-    RecursionError,  # nesting beyond what the encoder can walk
-)
-"""What the driver raises for data it can never encode."""
-
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (PyMongoError, *UNSTORABLE_ERRORS)
-
-
-def store_error(exc: BaseException, operation: str) -> AdapterError:
-    """The coordinator's error for a driver error, by what it means.
-
-    Unreachable or temporarily unable (connection failures, timeouts, a failover, the
-    transient server codes) → ``StoreUnavailable``: wait and try again. Data that can never
-    be stored (the encoder refuses it, or the server refuses the document with a write
-    error) → ``UnstorableData``: never retried. Anything else → ``StoreUnavailable``, the
-    cautious choice: nothing is given up on an error that is not understood.
-    """
-    message = f"MongoDB failed to {operation}: {exc}"
-    if isinstance(exc, UNSTORABLE_ERRORS):
-        return UnstorableData(f"cannot {operation}: the data cannot be stored: {exc}")
-    if isinstance(exc, ConnectionFailure):
-        return StoreUnavailable(message)
-    if isinstance(exc, OperationFailure):
-        transient = exc.code in _TRANSIENT_CODES or any(
-            exc.has_error_label(label) for label in ("RetryableWriteError", "ResetPool")
-        )
-        if isinstance(exc, WriteError) and not transient:
-            return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {exc}")
-    return StoreUnavailable(message)
-
-
-def write_error(error: Mapping[str, Any], operation: str) -> AdapterError:
-    """The coordinator's error for one entry of a bulk write's ``writeErrors``."""
-    message = error.get("errmsg", "")
-    if error.get("code") in _TRANSIENT_CODES:
-        return StoreUnavailable(f"MongoDB failed to {operation}: {message}")
-    return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {message}")
-
-
-@contextmanager
-def translate_errors(operation: str) -> Iterator[None]:
-    """Re-raise driver errors as ``StoreUnavailable`` or ``UnstorableData`` (``store_error``),
-    chained with ``from``."""
-    try:
-        yield
-    except _DRIVER_ERRORS as exc:
-        raise store_error(exc, operation) from exc
-
-
-DEFAULT_MAX_SAGA_BYTES = 8 * 1024 * 1024
-"""A saga document's size budget: half of MongoDB's 16 MiB, so no saga nears the hard limit."""
-
-
-def encode_saga(doc: Document, max_bytes: int) -> RawBSONDocument:
-    """``doc`` as BSON, once; raises ``UnstorableData`` when it cannot be stored.
-
-    Encoding here, per write, means a document that cannot be encoded fails alone instead
-    of failing the batch it would have joined, and the size budget is checked on the bytes
-    that are sent.
-    """
-    with translate_errors(f"store saga {doc.get('_id')!r}"):
-        raw = bson.encode(doc)
-    if len(raw) > max_bytes:
-        raise UnstorableData(
-            f"saga {doc.get('_id')!r} would take {len(raw)} bytes, over its budget of "
-            f"{max_bytes} bytes (SAGA_MAX_SAGA_BYTES)"
-        )
-    return RawBSONDocument(raw)
-
-
 # -- the store --------------------------------------------------------------------------
 class MongoSagaStore:
     """``SagaStore`` over MongoDB: collections ``definitions`` and ``sagas``."""
@@ -321,9 +230,8 @@ class MongoSagaStore:
             write_concern=journaled(client.write_concern),
         )
         self._db = db
-        self._definitions_coll: AsyncCollection[Document] = db["definitions"]
         self._sagas: AsyncCollection[Document] = db["sagas"]
-        self._definitions: dict[tuple[str, int], StoredDefinition] = {}
+        self._definitions = MongoDefinitions(db["definitions"])
         self._writes: GroupCommit[_Write, bool] = GroupCommit(
             self._write_batch, max_batch=max_batch, max_in_flight=writes_in_flight
         )
@@ -366,83 +274,34 @@ class MongoSagaStore:
             for name in _RETIRED_INDEXES:
                 if name in existing:
                     await self._sagas.drop_index(name)
-            await self._definitions_coll.create_index(
-                [("name", ASCENDING), ("version", ASCENDING)], name="name_version", unique=True
-            )
+            await self._definitions.ensure_indexes()
 
     async def ping(self) -> None:
         with translate_errors("answer a ping"):
             await self._db.command("ping")
 
-    # -- definitions ------------------------------------------------------------------
-    def _remember(self, doc: Document) -> StoredDefinition:
-        key = (doc["name"], doc["version"])
-        cached = self._definitions.get(key)
-        if cached is None:
-            cached = StoredDefinition(
-                definition=SagaDefinition.model_validate(doc["definition"]),
-                source=doc["source"],
-                content_hash=doc["content_hash"],
-                registered_at=doc["registered_at"],
-            )
-            self._definitions[key] = cached
-        return cached
-
+    # -- definitions (``MongoDefinitions``) --------------------------------------------
     async def register_definition(
         self, definition: SagaDefinition, source: str
     ) -> Literal["created", "identical"]:
-        content_hash = definition_hash(definition)
-        existing = self._definitions.get((definition.name, definition.version))
-        if existing is None:
-            doc: Document = {
-                "_id": f"{definition.name}@{definition.version}",
-                "name": definition.name,
-                "version": definition.version,
-                "content_hash": content_hash,
-                "source": source,
-                "definition": definition.model_dump(mode="json"),
-                "registered_at": stored_datetime(datetime.now(UTC)),
-            }
-            with translate_errors("register a definition"):
-                try:
-                    await self._definitions_coll.insert_one(doc)
-                except DuplicateKeyError:
-                    found = await self._definitions_coll.find_one({"_id": doc["_id"]})
-                    if found is None:  # pragma: no cover - definitions are never deleted
-                        raise
-                    existing = self._remember(found)
-                else:
-                    self._remember(doc)
-                    return "created"
-        if existing.content_hash != content_hash:
-            raise DefinitionConflict(definition.name, definition.version)
-        return "identical"
+        return await self._definitions.register(definition, source)
 
     async def get_definition(
         self, name: str, version: int | None = None
     ) -> StoredDefinition | None:
-        if version is not None and (cached := self._definitions.get((name, version))):
-            return cached
-        query: Document = {"name": name} if version is None else {"_id": f"{name}@{version}"}
-        with translate_errors("read a definition"):
-            doc = await self._definitions_coll.find_one(query, sort=[("version", DESCENDING)])
-        return None if doc is None else self._remember(doc)
+        return await self._definitions.get(name, version)
 
     async def latest_definitions(self) -> list[StoredDefinition]:
-        pipeline: list[Document] = [
-            {"$sort": {"name": 1, "version": -1}},
-            {"$group": {"_id": "$name", "doc": {"$first": "$$ROOT"}}},
-            {"$replaceRoot": {"newRoot": "$doc"}},
-            {"$sort": {"name": 1}},
-        ]
-        with translate_errors("list the definitions"):
-            cursor = await self._definitions_coll.aggregate(pipeline)
-            return [self._remember(doc) async for doc in cursor]
+        return await self._definitions.latest()
 
     async def definition_versions(self, name: str) -> list[StoredDefinition]:
-        with translate_errors("list a definition's versions"):
-            cursor = self._definitions_coll.find({"name": name}).sort("version", ASCENDING)
-            return [self._remember(doc) async for doc in cursor]
+        return await self._definitions.versions(name)
+
+    async def retire_definition(self, name: str) -> bool:
+        return await self._definitions.retire(name)
+
+    async def trigger_events(self) -> set[str]:
+        return await self._definitions.trigger_events()
 
     # -- instances ----------------------------------------------------------------------
     @staticmethod
@@ -499,7 +358,7 @@ class MongoSagaStore:
             details = (await self._sagas.bulk_write(requests, ordered=False)).bulk_api_result
         except BulkWriteError as exc:
             details = exc.details
-        except _DRIVER_ERRORS as exc:
+        except DRIVER_ERRORS as exc:
             if len(batch) > 1 and not isinstance(exc, ConnectionFailure):
                 return await self._write_one_by_one(batch)
             raise store_error(exc, "save sagas") from exc

@@ -34,7 +34,7 @@ from bson.codec_options import CodecOptions
 from pymongo import DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 
-from coordinator.adapters.mongo import translate_errors
+from coordinator.adapters.mongo_errors import translate_errors
 from coordinator.engine.state import ErrorInfo
 from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaListPage, SagaRow
 

@@ -46,6 +46,11 @@ class SagaCommands(Protocol):
         raises ``DefinitionConflict`` for the same version with other content."""
         ...
 
+    async def retire_definition(self, name: str) -> None:
+        """Retire every version of ``name`` (its trigger binding goes); raises
+        ``UnknownDefinition`` when none is registered."""
+        ...
+
     async def start_saga(
         self,
         definition_name: str,

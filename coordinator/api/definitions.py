@@ -1,4 +1,4 @@
-"""``/v1/definitions``: list, read and register saga definitions.
+"""``/v1/definitions``: list, read, register and retire saga definitions.
 
 Registration takes the YAML (``application/yaml``, ``text/yaml``, ``application/x-yaml``) or
 JSON (``application/json``) text as the request body, validates it with the same loader as
@@ -48,6 +48,7 @@ def definition_out(stored: StoredDefinition) -> DefinitionOut:
         content_hash=stored.content_hash,
         definition=definition,
         source=stored.source,
+        retired=stored.retired,
     )
 
 
@@ -197,4 +198,20 @@ async def register_definition(
     location = f"/v1/definitions/{definition.name}/versions/{definition.version}"
     response.headers["Location"] = location
     response.status_code = 201 if outcome == "created" else 200
+    return definition_out(stored)
+
+
+@router.post(
+    "/{name}/retire",
+    response_model=DefinitionOut,
+    summary="Retire a definition: its trigger no longer starts sagas",
+    description="Every version of the name is retired and its trigger binding removed; "
+    "running sagas go on; registering a new version makes the name active again.",
+    responses={404: _PROBLEM, 503: _PROBLEM},
+)
+async def retire_definition(name: Name, context: Context) -> DefinitionOut:
+    await context.service.retire_definition(name)
+    stored = await context.store.get_definition(name)
+    if stored is None:  # pragma: no cover - definitions are never deleted
+        raise ApiProblem(404, f"no definition {name!r} is registered", slug="unknown-definition")
     return definition_out(stored)

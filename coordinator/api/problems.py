@@ -26,6 +26,7 @@ from coordinator.errors import (
     AdapterError,
     DefinitionConflict,
     DefinitionError,
+    DefinitionUnloadable,
     SagaError,
     SagaNotFound,
     UnknownDefinition,
@@ -216,6 +217,8 @@ def _saga_error_status(exc: SagaError) -> tuple[int, str]:
         return 404, "saga-not-found"
     if isinstance(exc, DefinitionConflict):
         return 409, "definition-conflict"
+    if isinstance(exc, DefinitionUnloadable):
+        return 409, "definition-unloadable"
     if isinstance(exc, DefinitionError):
         return 422, "invalid-definition"
     if isinstance(exc, UnstorableData):

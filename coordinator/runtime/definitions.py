@@ -2,7 +2,11 @@
 
 Definitions are immutable per (name, version), so one read of each is enough. The latest
 version of every name is reloaded by ``refresh`` (a background loop, and after each
-registration); its trigger events are handed to the binder, which binds them on the broker.
+registration or retirement). The binder then makes the broker's bindings exactly the
+trigger events of the latest, not retired, definitions: it binds those, and unbinds every
+other trigger event any stored version ever had (a definition that lost its trigger, or was
+retired). A stored definition that fails to load is skipped by the store, never stopping
+the others.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from schemas.definition import SagaDefinition
 
 __all__ = ["DefinitionCatalog", "TriggerBinder"]
 
-TriggerBinder = Callable[[set[str]], Awaitable[None]]
+TriggerBinder = Callable[[set[str], set[str]], Awaitable[None]]
+"""``binder(wanted, known)``: bind exactly ``wanted``; unbind the rest of ``known``."""
 
 
 class DefinitionCatalog:
@@ -48,15 +53,16 @@ class DefinitionCatalog:
         return found
 
     async def refresh(self) -> set[str]:
-        """Reload the latest definitions; bind and return every trigger event."""
-        latest = [stored.definition for stored in await self._store.latest_definitions()]
-        for found in latest:
+        """Reload the latest definitions; bind exactly their trigger events, return them."""
+        latest = await self._store.latest_definitions()
+        for stored in latest:
+            found = stored.definition
             self._definitions[(found.name, found.version)] = found
-        self._latest = latest
+        self._latest = [stored.definition for stored in latest if not stored.retired]
         self._loaded_at = self._clock()
-        events = {d.trigger.event for d in latest if d.trigger is not None}
+        events = {d.trigger.event for d in self._latest if d.trigger is not None}
         if self._binder is not None:
-            await self._binder(events)
+            await self._binder(events, await self._store.trigger_events())
         return events
 
     async def register(self, definition: SagaDefinition, source: str) -> str:
@@ -64,6 +70,13 @@ class DefinitionCatalog:
         outcome = await self._store.register_definition(definition, source)
         await self.refresh()
         return outcome
+
+    async def retire(self, name: str) -> None:
+        """Retire every version of ``name``: its trigger starts no saga (the binding goes);
+        running sagas go on; registering a new version makes the name active again."""
+        if not await self._store.retire_definition(name):
+            raise UnknownDefinition(name)
+        await self.refresh()
 
     def triggered_by(self, event_type: str) -> list[SagaDefinition]:
         """The latest definitions that ``event_type`` starts."""

@@ -111,6 +111,11 @@ class SagaService:
         """Store a definition (``created`` or ``identical``) and bind its trigger."""
         return await self.definitions.register(definition, source)
 
+    async def retire_definition(self, name: str) -> None:
+        """Retire ``name``: its trigger no longer starts sagas (the binding is removed);
+        raises ``UnknownDefinition`` when no version of it is registered."""
+        await self.definitions.retire(name)
+
     # -- starting ---------------------------------------------------------------------
     async def start_saga(
         self,

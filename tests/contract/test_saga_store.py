@@ -27,7 +27,12 @@ from coordinator.adapters import (
     as_stored,
 )
 from coordinator.engine.state import Command, HistoryEntry, SagaState, StepState
-from coordinator.errors import DefinitionConflict, StoreUnavailable, UnstorableData
+from coordinator.errors import (
+    DefinitionConflict,
+    DefinitionUnloadable,
+    StoreUnavailable,
+    UnstorableData,
+)
 from coordinator.ports import DuplicateSaga, SagaStore
 from schemas.definition import SagaDefinition
 from tests.conftest import free_port
@@ -182,6 +187,48 @@ async def test_definitions_are_shared_between_store_instances(
     assert await second.register_definition(definition(), "b") == "identical"
     with pytest.raises(DefinitionConflict):
         await second.register_definition(definition(description="x"), "c")
+
+
+async def test_retire_marks_every_version_until_a_new_one(store: SagaStore) -> None:
+    assert await store.retire_definition("order") is False
+    await store.register_definition(definition(1), "a")
+    await store.register_definition(definition(2), "b")
+    await store.register_definition(definition(1, name="other"), "c")
+    assert await store.retire_definition("order") is True
+    latest = {d.definition.name: d for d in await store.latest_definitions()}
+    assert latest["order"].retired and not latest["other"].retired
+    assert all(d.retired for d in await store.definition_versions("order"))
+    await store.register_definition(definition(3), "d")
+    again = await store.get_definition("order")
+    assert again is not None and again.definition.version == 3 and not again.retired
+    assert await store.trigger_events() == {"order.placed"}
+
+
+@pytest.mark.integration
+async def test_a_stored_definition_that_no_longer_loads_never_stops_the_others(
+    counted: MongoSagaStore, mongo: Any
+) -> None:
+    await counted.register_definition(definition(1, name="good"), "a")
+    # As registered by an earlier release whose rules were looser: it fails validation now.
+    bad = definition(1, name="bad").model_dump(mode="json")
+    bad["steps"][0]["retry"] = {"max_attempts": 0}
+    bad["trigger"]["event"] = "bad.happened"
+    await mongo[counted._db.name]["definitions"].insert_one(
+        {
+            "_id": "bad@1",
+            "name": "bad",
+            "version": 1,
+            "content_hash": "x",
+            "source": "…",
+            "definition": bad,
+            "registered_at": T0,
+        }
+    )
+    assert [d.definition.name for d in await counted.latest_definitions()] == ["good"]
+    assert await counted.definition_versions("bad") == []
+    with pytest.raises(DefinitionUnloadable, match="'bad' version 1 does not load"):
+        await counted.get_definition("bad")
+    assert "bad.happened" in await counted.trigger_events()  # so its binding can go
 
 
 # -- instances --------------------------------------------------------------------------

@@ -40,6 +40,9 @@ class Raising:
     async def register_definition(self, definition: SagaDefinition, source: str) -> str:
         raise self.error
 
+    async def retire_definition(self, name: str) -> None:
+        raise self.error
+
     async def start_saga(
         self, definition_name: str, input: Any, **_: Any
     ) -> tuple[SagaState, bool]:
