@@ -31,7 +31,7 @@ from coordinator.adapters.mongo import MongoSagaStore, RoundTripCounter, make_cl
 from coordinator.adapters.queries import SagaQueries
 from coordinator.adapters.rabbit import IncomingEvent, IncomingReply, RabbitBroker
 from coordinator.api import create_app
-from coordinator.api.auth import parse_api_tokens, warn_if_exposed
+from coordinator.api.auth import parse_api_tokens, refuse_anonymous_bind
 from coordinator.api.context import ApiContext
 from coordinator.api.metrics import install_metrics
 from coordinator.api.v1 import install_rest_api
@@ -118,9 +118,13 @@ async def serve(
 
     Raises:
         AdapterError: MongoDB or RabbitMQ did not answer at start-up.
-        ValueError: ``api_tokens`` cannot be parsed.
+        ValueError: ``api_tokens`` cannot be parsed, or the API would be open beyond
+            loopback without ``api_allow_anonymous``.
     """
     tokens = parse_api_tokens(settings.api_tokens)  # a bad value stops the start-up
+    refuse_anonymous_bind(
+        settings.http_host, tokens, allow_anonymous=settings.api_allow_anonymous
+    )  # an open API beyond loopback, unless allowed on purpose, stops it too
     spans = build_spans(settings.otel_enabled)  # OtelUnavailable stops the start-up
     counter = RoundTripCounter()
     client = make_client(settings.mongodb_url, counter=counter)  # store and queries share it
@@ -165,7 +169,6 @@ async def serve(
             await _register_dir(service, settings.definitions_dir)
         await service.refresh_definitions()
         context = ApiContext(store=store, service=service, queries=queries, tokens=tokens)
-        warn_if_exposed(settings.http_host, tokens)
         app = create_app(
             store=store,
             broker_open=lambda: broker.is_open,

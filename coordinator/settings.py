@@ -29,6 +29,8 @@ class CoordinatorSettings(BaseSettings):
     """YAML definitions registered at start-up."""
     api_tokens: str | None = None
     """Bearer tokens for ``/v1`` (their format belongs to the REST API)."""
+    api_allow_anonymous: bool = False
+    """Serve ``/v1`` without tokens on a non-loopback ``http_host`` (refused otherwise)."""
     exchange_prefix: str = Field(default="saga", min_length=1)
     reply_to: str = Field(default="coordinator", min_length=1)
     """The routing key of the coordinator's replies queue on the replies exchange."""

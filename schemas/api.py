@@ -103,9 +103,14 @@ class DefinitionList(_Response):
 class StartSagaRequest(_Request):
     definition: str = Field(pattern=NAME_PATTERN, description="The definition's name.")
     version: int | None = Field(
-        default=None, ge=1, description="A registered version; default: the latest."
+        default=None,
+        ge=1,
+        le=2**63 - 1,
+        description="A registered version; default: the latest.",
     )
-    input: Any = Field(description="The saga input (`${input...}` in the definition).")
+    input: dict[str, Any] = Field(
+        description="The saga input, a JSON object (`${input...}` in the definition)."
+    )
     key: str | None = Field(
         default=None,
         min_length=1,

@@ -92,7 +92,7 @@ async def list_versions(name: Name, context: Context) -> DefinitionList:
     responses={404: _PROBLEM},
 )
 async def get_version(
-    name: Name, version: Annotated[int, Path(ge=1)], context: Context
+    name: Name, version: Annotated[int, Path(ge=1, le=2**63 - 1)], context: Context
 ) -> DefinitionOut:
     stored = await context.store.get_definition(name, version)
     if stored is None:
