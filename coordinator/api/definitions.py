@@ -177,6 +177,11 @@ async def register_definition(
         definition = load_definition(body, REQUEST_SOURCE)
     except DefinitionError as exc:
         raise _invalid(definition_error_items(exc)) from exc
+    except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+        # A value the loader's rules did not foresee (say, a duration too long to
+        # represent): still the request's fault, never a 500.
+        message = f"a value is out of range or malformed: {exc}"
+        raise _invalid([{"line": None, "field": None, "message": message}]) from exc
     source = body.decode("utf-8-sig")
     try:
         outcome = await context.service.register_definition(definition, source)

@@ -78,6 +78,15 @@ async def test_huge_numbers_elsewhere_are_located_422s(api: Api) -> None:
     assert_problem(listing, 422)
 
 
+async def test_a_definition_with_a_value_out_of_range_is_422_not_500(api: Api) -> None:
+    text = (
+        '{"name": "a", "version": 1, "steps": [{"name": "s", "participant": "p", '
+        '"command": "c", "retry": {"max_backoff": "483711487314h"}}]}'
+    )
+    problem = assert_problem(await post_json(api, "/v1/definitions", text), 422)
+    assert problem["errors"]
+
+
 async def test_an_input_mongodb_refuses_is_422_not_503(api: Api) -> None:
     await register(api)
     response = await post_json(api, "/v1/sagas", '{"definition": "order", "input": {"$a": 1}}')
