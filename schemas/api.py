@@ -106,6 +106,7 @@ class StartSagaRequest(_Request):
         default=None,
         ge=1,
         le=2**63 - 1,
+        strict=True,
         description="A registered version; default: the latest.",
     )
     input: dict[str, Any] = Field(

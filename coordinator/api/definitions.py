@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from coordinator.api.auth import AuthorizedRoute
 from coordinator.api.context import ApiContext, get_context
+from coordinator.api.jsonbody import json_problems
 from coordinator.api.problems import PROBLEM_JSON, ApiProblem, definition_error_items
 from coordinator.definitions.loader import load_definition
 from coordinator.errors import AdapterError, DefinitionError
@@ -182,6 +183,9 @@ async def register_definition(
         # represent): still the request's fault, never a 500.
         message = f"a value is out of range or malformed: {exc}"
         raise _invalid([{"line": None, "field": None, "message": message}]) from exc
+    # YAML escapes can make text JSON would not (a lone surrogate): refused, located.
+    if problems := json_problems(definition.model_dump(mode="json")):
+        raise _invalid([{"line": None, **problem} for problem in problems])
     source = body.decode("utf-8-sig")
     try:
         outcome = await context.service.register_definition(definition, source)

@@ -87,6 +87,32 @@ async def test_a_definition_with_a_value_out_of_range_is_422_not_500(api: Api) -
     assert problem["errors"]
 
 
+async def test_yaml_escapes_that_make_lone_surrogates_are_a_located_422(api: Api) -> None:
+    text = (
+        'name: a\nversion: 1\ndescription: "\\ud990\\ude4d"\n'
+        "steps:\n  - {name: s, participant: p, command: c}\n"
+    )
+    response = await api.client.post(
+        "/v1/definitions", content=text, headers={"content-type": "application/yaml"}
+    )
+    problem = assert_problem(response, 422)
+    assert problem["errors"][0]["field"] == "description", problem
+
+
+async def test_a_version_must_be_a_number_not_true(api: Api) -> None:
+    await register(api)
+    response = await post_json(
+        api, "/v1/sagas", '{"definition": "order", "version": true, "input": {}}'
+    )
+    assert assert_problem(response, 422)["errors"][0]["field"] == "version"
+
+
+async def test_405_names_every_method_of_the_path(api: Api) -> None:
+    response = await api.client.request("OPTIONS", "/v1/sagas")
+    assert_problem(response, 405)
+    assert response.headers["allow"] == "GET, HEAD, POST"
+
+
 async def test_an_input_mongodb_refuses_is_422_not_503(api: Api) -> None:
     await register(api)
     response = await post_json(api, "/v1/sagas", '{"definition": "order", "input": {"$a": 1}}')
