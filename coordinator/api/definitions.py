@@ -184,7 +184,7 @@ async def register_definition(
         message = f"a value is out of range or malformed: {exc}"
         raise _invalid([{"line": None, "field": None, "message": message}]) from exc
     # YAML escapes can make text JSON would not (a lone surrogate): refused, located.
-    if problems := json_problems(definition.model_dump(mode="json")):
+    if problems := json_problems(definition.model_dump()):
         raise _invalid([{"line": None, **problem} for problem in problems])
     source = body.decode("utf-8-sig")
     try:

@@ -97,6 +97,12 @@ async def test_yaml_escapes_that_make_lone_surrogates_are_a_located_422(api: Api
     )
     problem = assert_problem(response, 422)
     assert problem["errors"][0]["field"] == "description", problem
+    in_a_key = (
+        '{"name": "a", "version": 1, "steps": [{"name": "s", "participant": "p", '
+        '"command": "c", "input": {"k\\uda32\\udf27": 1}}]}'
+    )
+    problem = assert_problem(await post_json(api, "/v1/definitions", in_a_key), 422)
+    assert "lone surrogate" in str(problem["errors"]), problem
 
 
 async def test_a_version_must_be_a_number_not_true(api: Api) -> None:
