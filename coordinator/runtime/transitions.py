@@ -146,7 +146,9 @@ class TransitionRunner:
                     continue  # the same state, the failure instead of the success
                 if not stop_unstorable:
                     raise
-                return await self._stop(state, exc)
+                new_state = self._stopped(state, exc)
+                transition = Transition(state=new_state)
+                won = await self._store.save_saga(new_state, expected)
             if won:
                 self.saved(state, new_state)
                 await self._outbox.publish(transition.commands)
@@ -157,18 +159,23 @@ class TransitionRunner:
             await asyncio.sleep(self._random() * 0.01 * (attempt + 1))
         raise SagaBusy(saga_id, self._conflict_retries)
 
-    async def _stop(self, state: SagaState, exc: UnstorableData) -> Transition:
-        """Stop ``state`` as ``failed``: no change the engine makes to it can be stored.
+    def _stopped(self, state: SagaState, exc: UnstorableData) -> SagaState:
+        """``state`` stopped as ``failed``: no change the engine makes to it can be stored.
 
-        The stored state is what the engine last left, plus the reason and one history
-        entry; its timers are off, so nothing fires again. An operator sees why.
+        It is what the engine last left, plus the reason and one history entry; its timers
+        are off, so nothing fires again. An operator sees why.
         """
+        log.error(
+            "the saga's next state cannot be stored; it stops as failed: %s",
+            exc,
+            extra=saga_extra(state.id),
+        )
         now = self._clock()
         reason = ErrorInfo(code=UNSTORABLE, message=str(exc), retryable=False)
         entry = HistoryEntry(
             at=now, event="saga.failed", status="failed", detail=reason.model_dump()
         )
-        stopped = state.model_copy(
+        return state.model_copy(
             update={
                 "status": "failed",
                 "reason": reason,
@@ -178,15 +185,6 @@ class TransitionRunner:
                 "history": [*state.history, entry],
             }
         )
-        log.error(
-            "the saga's next state cannot be stored; it stops as failed: %s",
-            exc,
-            extra=saga_extra(state.id),
-        )
-        if not await self._store.save_saga(stopped, state.revision):
-            raise SagaBusy(state.id, 1)
-        self.saved(state, stopped)
-        return Transition(state=stopped)
 
     def prepare(
         self, state: SagaState, expected: int | None, delivered: Delivered | None = None
