@@ -13,7 +13,9 @@ writes::
         queries=queries,
         tokens=parse_api_tokens(settings.api_tokens),
     )
-    refuse_anonymous_bind(settings.http_host, context.tokens, allow_anonymous=...)
+    refuse_anonymous_bind(
+        settings.http_host, context.tokens, allow_anonymous=settings.api_allow_anonymous
+    )
     app = create_app(
         store=store,
         broker_open=lambda: broker.is_open,
