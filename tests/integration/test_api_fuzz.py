@@ -95,6 +95,7 @@ async def test_the_api_holds_to_its_openapi(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""},
+        cwd=tmp_path,  # its cache (.schemathesis/) stays out of the repository
     )
     output, _ = await asyncio.wait_for(process.communicate(), 900 if FULL else 240)
     report = output.decode(errors="replace")
