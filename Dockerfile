@@ -13,6 +13,9 @@ COPY schemas ./schemas
 RUN pip install . && useradd --system --uid 10001 saga
 USER saga
 
+# The API listens on every interface of the container, so the coordinator refuses to start
+# without SAGA_API_TOKENS (e.g. -e SAGA_API_TOKENS=s3cret:write,ro:read), unless
+# SAGA_API_ALLOW_ANONYMOUS=true says an open API is meant (say, behind a private network).
 ENV SAGA_HTTP_HOST=0.0.0.0 \
     SAGA_DEFINITIONS_DIR=/app/schemas
 EXPOSE 8080

@@ -31,7 +31,7 @@ from coordinator.adapters.mongo import MongoSagaStore, RoundTripCounter, make_cl
 from coordinator.adapters.queries import SagaQueries
 from coordinator.adapters.rabbit import IncomingEvent, IncomingReply, RabbitBroker
 from coordinator.api import create_app
-from coordinator.api.auth import parse_api_tokens, warn_if_exposed
+from coordinator.api.auth import parse_api_tokens, refuse_anonymous_bind
 from coordinator.api.context import ApiContext
 from coordinator.api.metrics import install_metrics
 from coordinator.api.v1 import install_rest_api
@@ -119,14 +119,23 @@ async def serve(
 
     Raises:
         AdapterError: MongoDB or RabbitMQ did not answer at start-up.
-        ValueError: ``api_tokens`` cannot be parsed.
+        ValueError: ``api_tokens`` cannot be parsed, or the API would be open beyond
+            loopback without ``api_allow_anonymous``.
     """
     tokens = parse_api_tokens(settings.api_tokens)  # a bad value stops the start-up
+    refuse_anonymous_bind(
+        settings.http_host, tokens, allow_anonymous=settings.api_allow_anonymous
+    )  # an open API beyond loopback, unless allowed on purpose, stops it too
     spans = build_spans(settings.otel_enabled)  # OtelUnavailable stops the start-up
     counter = RoundTripCounter()
     client = make_client(settings.mongodb_url, counter=counter)  # store and queries share it
     metrics = SagaMetrics(round_trips=lambda: counter.counts)
-    store = MongoSagaStore(client, settings.mongodb_database, owns_client=True)
+    store = MongoSagaStore(
+        client,
+        settings.mongodb_database,
+        owns_client=True,
+        max_saga_bytes=settings.max_saga_bytes,
+    )
     queries = SagaQueries(client, settings.mongodb_database)
     broker = RabbitBroker(
         settings.amqp_url,
@@ -154,14 +163,13 @@ async def serve(
             trigger_binder=broker.bind_events,
             metrics=metrics,
             spans=spans,
-            state_cache=settings.state_cache,
+            state_cache_bytes=settings.state_cache_bytes,
         )
         metrics.track_service(lambda: service.stats)  # conflicts, relays, timers… at scrape
         if settings.definitions_dir is not None:
             await _register_dir(service, settings.definitions_dir)
         await service.refresh_definitions()
         context = ApiContext(store=store, service=service, queries=queries, tokens=tokens)
-        warn_if_exposed(settings.http_host, tokens)
         app = create_app(
             store=store,
             broker_open=lambda: broker.is_open,

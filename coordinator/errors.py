@@ -4,11 +4,14 @@
     ├── DefinitionError          a definition is invalid (every error located)
     │   └── DefinitionConflict   (name, version) already registered with other content
     ├── UnknownDefinition        no definition of that name (and version) is registered
+    ├── DefinitionUnloadable     a stored definition no longer passes validation
     ├── SagaNotFound             no saga instance has that id
     ├── EngineError
     │   └── InvalidTransition    our bug: the engine was called with inputs it cannot take
     └── AdapterError
         ├── StoreUnavailable     MongoDB did not answer; the operation may be retried
+        ├── UnstorableData       MongoDB can never store this data (too large, a key it
+        │                        rejects, an integer over 8 bytes…); never retried
         └── BrokerUnavailable    RabbitMQ did not answer; the operation may be retried
 
 Driver exceptions (pymongo, aio-pika) never travel above ``coordinator/adapters``: the
@@ -22,12 +25,14 @@ __all__ = [
     "BrokerUnavailable",
     "DefinitionConflict",
     "DefinitionError",
+    "DefinitionUnloadable",
     "EngineError",
     "InvalidTransition",
     "SagaError",
     "SagaNotFound",
     "StoreUnavailable",
     "UnknownDefinition",
+    "UnstorableData",
 ]
 
 
@@ -65,6 +70,18 @@ class UnknownDefinition(SagaError):
         super().__init__(f"no definition {which} is registered")
 
 
+class DefinitionUnloadable(SagaError):
+    """A stored definition fails to load (say, a rule added after it was registered)."""
+
+    def __init__(self, name: str, version: int, problem: str) -> None:
+        self.name = name
+        self.version = version
+        super().__init__(
+            f"the stored definition {name!r} version {version} does not load: {problem}; "
+            f"register a corrected version {version + 1}"
+        )
+
+
 class SagaNotFound(SagaError):
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
@@ -85,6 +102,10 @@ class AdapterError(SagaError):
 
 class StoreUnavailable(AdapterError):
     pass
+
+
+class UnstorableData(AdapterError):
+    """The data cannot be stored, now or ever: retrying is pointless; reject it instead."""
 
 
 class BrokerUnavailable(AdapterError):

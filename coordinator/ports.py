@@ -1,7 +1,8 @@
 """The ports between the service and its adapters, as Protocols.
 
 ``coordinator/adapters/mongo.py`` implements ``SagaStore``; ``coordinator/adapters/rabbit.py``
-implements ``Publisher``. The service and the REST API depend on these Protocols only.
+implements ``Publisher``; ``coordinator/adapters/queries.py`` implements ``SagaListing``. The
+service and the REST API depend on these Protocols only.
 """
 
 from __future__ import annotations
@@ -11,10 +12,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
-from coordinator.engine.state import Command, SagaState
+from coordinator.engine.state import Command, ErrorInfo, SagaState
 from schemas.definition import SagaDefinition
 
-__all__ = ["DuplicateSaga", "Publisher", "SagaStore", "StoredDefinition"]
+__all__ = [
+    "MAX_LIMIT",
+    "DuplicateSaga",
+    "InvalidCursor",
+    "Publisher",
+    "SagaListPage",
+    "SagaListing",
+    "SagaRow",
+    "SagaStore",
+    "StoredDefinition",
+]
+
+MAX_LIMIT = 500
+"""The largest page ``SagaListing.list_sagas`` returns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +38,8 @@ class StoredDefinition:
     """The text it was registered from (YAML or JSON)."""
     content_hash: str
     registered_at: datetime
+    retired: bool = False
+    """Retired: its trigger starts no saga, until a new version of its name is registered."""
 
 
 class DuplicateSaga(Exception):
@@ -49,12 +65,25 @@ class SagaStore(Protocol):
     async def get_definition(
         self, name: str, version: int | None = None
     ) -> StoredDefinition | None:
-        """One version, or the latest when ``version`` is None."""
+        """One version, or the latest when ``version`` is None; raises
+        ``DefinitionUnloadable`` when the stored document fails to load."""
         ...
 
-    async def latest_definitions(self) -> list[StoredDefinition]: ...
+    async def latest_definitions(self) -> list[StoredDefinition]:
+        """The latest version of each name; one that fails to load is skipped (and logged)."""
+        ...
 
-    async def definition_versions(self, name: str) -> list[StoredDefinition]: ...
+    async def definition_versions(self, name: str) -> list[StoredDefinition]:
+        """Every version of ``name`` that loads, oldest first."""
+        ...
+
+    async def retire_definition(self, name: str) -> bool:
+        """Mark every version of ``name`` retired; False when no version exists."""
+        ...
+
+    async def trigger_events(self) -> set[str]:
+        """The trigger event of every stored version, retired or not (to unbind)."""
+        ...
 
     # -- instances ---------------------------------------------------------------------
     async def insert_saga(self, state: SagaState) -> None:
@@ -91,4 +120,46 @@ class SagaStore(Protocol):
 class Publisher(Protocol):
     async def publish_commands(self, commands: Sequence[Command]) -> None:
         """Publish with confirms; returns once the broker has confirmed every one."""
+        ...
+
+
+# -- the read side ------------------------------------------------------------------------
+class InvalidCursor(ValueError):
+    """The ``cursor`` a client sent was not made by the listing."""
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRow:
+    """One saga as listed: everything but its input, steps and history."""
+
+    id: str
+    definition: str
+    definition_version: int
+    key: str | None
+    status: str
+    reason: ErrorInfo | None
+    deadline: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SagaListPage:
+    items: list[SagaRow]
+    next_cursor: str | None
+
+
+class SagaListing(Protocol):
+    """Listing sagas, newest first, with an opaque cursor."""
+
+    async def list_sagas(
+        self,
+        *,
+        definition: str | None = None,
+        status: str | None = None,
+        key: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SagaListPage:
+        """One page; raises ``InvalidCursor`` for a cursor it did not make."""
         ...

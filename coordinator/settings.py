@@ -29,6 +29,8 @@ class CoordinatorSettings(BaseSettings):
     """YAML definitions registered at start-up."""
     api_tokens: str | None = None
     """Bearer tokens for ``/v1`` (their format belongs to the REST API)."""
+    api_allow_anonymous: bool = False
+    """Serve ``/v1`` without tokens on a non-loopback ``http_host`` (refused otherwise)."""
     exchange_prefix: str = Field(default="saga", min_length=1)
     reply_to: str = Field(default="coordinator", min_length=1)
     """The routing key of the coordinator's replies queue on the replies exchange."""
@@ -47,8 +49,12 @@ class CoordinatorSettings(BaseSettings):
     """Seconds an outbox entry must be old before the relay publishes it again."""
     definitions_refresh: float = Field(default=5.0, gt=0)
     """Seconds between two reloads of the latest definitions (new trigger bindings)."""
-    state_cache: int = Field(default=10_000, ge=0)
-    """Instance states kept in memory (LRU) to skip the read before a transition; 0: off."""
+    state_cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Bytes of instance states (their JSON size) kept in memory, least recently used
+    evicted first, to skip the read before a transition; 0: off. Default 64 MiB."""
+    max_saga_bytes: int = Field(default=8 * 1024 * 1024, ge=16 * 1024, le=15 * 1024 * 1024)
+    """A saga document's size budget (BSON bytes); a change that would exceed it is
+    refused (a reply's output: the attempt fails with ``invalid_reply``). Default 8 MiB."""
     shutdown_grace: float = Field(default=10.0, gt=0)
     """Seconds in-flight messages get to finish after SIGTERM."""
     log_level: str = "INFO"

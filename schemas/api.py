@@ -92,6 +92,10 @@ class DefinitionOut(_Response):
     content_hash: str = Field(description="sha256 of the definition's canonical JSON.")
     definition: SagaDefinition
     source: str = Field(description="The YAML or JSON text it was registered from.")
+    retired: bool = Field(
+        default=False,
+        description="Retired: its trigger starts no saga until a new version is registered.",
+    )
 
 
 class DefinitionList(_Response):
@@ -102,9 +106,15 @@ class DefinitionList(_Response):
 class StartSagaRequest(_Request):
     definition: str = Field(pattern=NAME_PATTERN, description="The definition's name.")
     version: int | None = Field(
-        default=None, ge=1, description="A registered version; default: the latest."
+        default=None,
+        ge=1,
+        le=2**63 - 1,
+        strict=True,
+        description="A registered version; default: the latest.",
     )
-    input: Any = Field(description="The saga input (`${input...}` in the definition).")
+    input: dict[str, Any] = Field(
+        description="The saga input, a JSON object (`${input...}` in the definition)."
+    )
     key: str | None = Field(
         default=None,
         min_length=1,

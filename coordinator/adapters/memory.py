@@ -4,17 +4,26 @@ It keeps the semantics of ``MongoSagaStore`` that callers rely on, and the contr
 ``tests/contract/`` run the same bodies against both: definitions immutable by content hash,
 one instance per (definition, key), revision-checked saves, the timer lease of
 ``claim_due``, outbox clearing without a revision change, and datetimes given back at BSON
-precision (UTC-aware, milliseconds; see ``as_stored``). No method awaits anything, so each
-one is atomic with respect to other tasks, as each MongoDB document update is.
+precision (UTC-aware, milliseconds; see ``as_stored``), and a saga MongoDB would refuse
+(``encode_saga``: unencodable, or over the size budget) raises ``UnstorableData``. No method
+awaits anything, so each one is atomic with respect to other tasks, as each MongoDB
+document update is.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from coordinator.adapters.mongo import as_stored, definition_hash, stored_datetime
+from coordinator.adapters.mongo import (
+    DEFAULT_MAX_SAGA_BYTES,
+    as_stored,
+    definition_hash,
+    encode_saga,
+    stored_datetime,
+)
 from coordinator.engine.state import SagaState
 from coordinator.errors import DefinitionConflict
 from coordinator.ports import DuplicateSaga, StoredDefinition
@@ -26,7 +35,8 @@ __all__ = ["InMemorySagaStore"]
 class InMemorySagaStore:
     """``SagaStore`` over dicts; stores and returns copies, never the caller's objects."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_saga_bytes: int = DEFAULT_MAX_SAGA_BYTES) -> None:
+        self.max_saga_bytes = max_saga_bytes
         self.definitions: dict[tuple[str, int], StoredDefinition] = {}
         self.sagas: dict[str, SagaState] = {}
         self._keys: dict[tuple[str, str], str] = {}
@@ -77,8 +87,24 @@ class InMemorySagaStore:
             if stored_name == name
         ]
 
+    async def retire_definition(self, name: str) -> bool:
+        found = False
+        for key, stored in list(self.definitions.items()):
+            if key[0] == name:
+                self.definitions[key] = dataclasses.replace(stored, retired=True)
+                found = True
+        return found
+
+    async def trigger_events(self) -> set[str]:
+        return {
+            stored.definition.trigger.event
+            for stored in self.definitions.values()
+            if stored.definition.trigger is not None
+        }
+
     # -- instances ----------------------------------------------------------------------
     async def insert_saga(self, state: SagaState) -> None:
+        encode_saga(state.to_document(), self.max_saga_bytes)  # what MongoDB would refuse
         taken = None
         if state.key is not None:
             taken = self._keys.get((state.definition, state.key))
@@ -104,6 +130,7 @@ class InMemorySagaStore:
         stored = self.sagas.get(state.id)
         if stored is None or stored.revision != expected_revision:
             return False
+        encode_saga(state.to_document(), self.max_saga_bytes)  # what MongoDB would refuse
         self.sagas[state.id] = as_stored(state)
         return True
 

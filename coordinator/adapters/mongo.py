@@ -2,10 +2,8 @@
 
 Theory of operation
 -------------------
-Two collections. ``definitions`` holds one immutable document per (name, version), with
-``_id = "{name}@{version}"`` and the sha256 of the definition's canonical JSON, so that a
-second registration is either identical or a conflict. Because definitions never change,
-every one read is cached in memory by (name, version).
+Two collections. ``definitions`` holds one immutable document per (name, version)
+(``mongo_definitions.MongoDefinitions``, to which the store delegates).
 
 ``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
 counter: ``save_saga`` is a replace filtered on the expected revision.
@@ -32,27 +30,28 @@ UTC, so a stored state comes back as ``as_stored(state)``: every datetime UTC-aw
 truncated to the millisecond (a naive datetime is taken to be UTC). Engines that stamp
 times with millisecond UTC datetimes see their states come back exactly equal.
 
-Every PyMongo error is re-raised as ``StoreUnavailable`` by ``_translate_errors``, so no
-driver exception travels above ``coordinator/adapters``.
+Errors, by what they mean (``translate_errors``, chained with ``from``): MongoDB unreachable
+or temporarily unable → ``StoreUnavailable`` (wait, try again, ``/readyz`` 503); data it can
+never store — a document the encoder refuses (a NUL in a key, an integer over 8 bytes, a lone
+surrogate), a write error (a key with a ``$``, nesting too deep), or a saga document over
+its size budget (``max_saga_bytes``) → ``UnstorableData``, never retried. A conflict is no
+error: ``save_saga`` returns False and the caller reloads and recomputes. No driver
+exception travels above ``coordinator/adapters``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
 from bson.codec_options import CodecOptions
-from bson.errors import BSONError
+from bson.raw_bson import RawBSONDocument
 from pymongo import (
     ASCENDING,
-    DESCENDING,
     AsyncMongoClient,
     IndexModel,
     InsertOne,
@@ -61,7 +60,10 @@ from pymongo import (
     WriteConcern,
 )
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+)
 from pymongo.monitoring import (
     CommandFailedEvent,
     CommandListener,
@@ -70,18 +72,34 @@ from pymongo.monitoring import (
 )
 
 from coordinator.adapters.batching import GroupCommit
+from coordinator.adapters.mongo_definitions import MongoDefinitions, definition_hash
+from coordinator.adapters.mongo_errors import (
+    DEFAULT_MAX_SAGA_BYTES,
+    DRIVER_ERRORS,
+    UNSTORABLE_ERRORS,
+    encode_saga,
+    store_error,
+    translate_errors,
+    write_error,
+)
 from coordinator.engine.state import SagaState
-from coordinator.errors import DefinitionConflict, StoreUnavailable
+from coordinator.errors import AdapterError, StoreUnavailable
 from coordinator.ports import DuplicateSaga, StoredDefinition
 from schemas.definition import SagaDefinition
 
 __all__ = [
+    "DEFAULT_MAX_SAGA_BYTES",
+    "UNSTORABLE_ERRORS",
     "MongoSagaStore",
     "RoundTripCounter",
     "as_stored",
     "definition_hash",
+    "encode_saga",
     "make_client",
+    "store_error",
     "stored_datetime",
+    "translate_errors",
+    "write_error",
 ]
 
 Document = dict[str, Any]
@@ -108,16 +126,17 @@ _RETIRED_INDEXES = ("definition_status_id", "status_id", "key")
 class _Write:
     """One saga write of a batch: an insert (``expected`` None) or a conditional replace."""
 
-    doc: Document
+    saga_id: str
+    raw: RawBSONDocument
     expected: int | None
     token: str
 
     @classmethod
-    def of(cls, state: SagaState, expected: int | None) -> _Write:
-        """``state``'s document, carrying a fresh ``write_token``."""
+    def of(cls, state: SagaState, expected: int | None, max_bytes: int) -> _Write:
+        """``state``'s document, carrying a fresh ``write_token``, encoded once."""
         doc = state.to_document()
         token = doc[WRITE_FIELD] = uuid4().hex
-        return cls(doc, expected, token)
+        return cls(state.id, encode_saga(doc, max_bytes), expected, token)
 
 
 # -- the stored form, shared with the in-memory double ----------------------------------
@@ -140,17 +159,6 @@ def _stored_value(value: Any) -> Any:
 def as_stored(state: SagaState) -> SagaState:
     """The state a store gives back after storing ``state`` (datetimes at BSON precision)."""
     return SagaState.from_document(_stored_value(state.to_document()))
-
-
-def definition_hash(definition: SagaDefinition) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces) of the definition."""
-    canonical = json.dumps(
-        definition.model_dump(mode="json"),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # -- round trips and errors ---------------------------------------------------------------
@@ -199,14 +207,6 @@ def journaled(concern: WriteConcern) -> WriteConcern:
     return WriteConcern(**{**concern.document, "j": True})
 
 
-@contextmanager
-def _translate_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except PyMongoError as exc:
-        raise StoreUnavailable(f"MongoDB failed to {operation}: {exc}") from exc
-
-
 # -- the store --------------------------------------------------------------------------
 class MongoSagaStore:
     """``SagaStore`` over MongoDB: collections ``definitions`` and ``sagas``."""
@@ -219,8 +219,10 @@ class MongoSagaStore:
         owns_client: bool = False,
         max_batch: int = 256,
         writes_in_flight: int = 1,
+        max_saga_bytes: int = DEFAULT_MAX_SAGA_BYTES,
     ) -> None:
         self._client = client
+        self._max_saga_bytes = max_saga_bytes
         self._owns_client = owns_client
         db = client.get_database(
             database,
@@ -228,9 +230,8 @@ class MongoSagaStore:
             write_concern=journaled(client.write_concern),
         )
         self._db = db
-        self._definitions_coll: AsyncCollection[Document] = db["definitions"]
         self._sagas: AsyncCollection[Document] = db["sagas"]
-        self._definitions: dict[tuple[str, int], StoredDefinition] = {}
+        self._definitions = MongoDefinitions(db["definitions"])
         self._writes: GroupCommit[_Write, bool] = GroupCommit(
             self._write_batch, max_batch=max_batch, max_in_flight=writes_in_flight
         )
@@ -238,7 +239,12 @@ class MongoSagaStore:
     @classmethod
     def connect(cls, url: str, database: str, **kwargs: Any) -> MongoSagaStore:
         """A store with its own client; ``close()`` closes that client."""
-        return cls(make_client(url, **kwargs), database, owns_client=True)
+        options = {
+            name: kwargs.pop(name)
+            for name in ("max_batch", "writes_in_flight", "max_saga_bytes")
+            if name in kwargs
+        }
+        return cls(make_client(url, **kwargs), database, owns_client=True, **options)
 
     async def close(self) -> None:
         """Finish the writes in flight; close the client if this store created it."""
@@ -247,7 +253,7 @@ class MongoSagaStore:
             await self._client.close()
 
     async def ensure_indexes(self) -> None:
-        with _translate_errors("create the indexes"):
+        with translate_errors("create the indexes"):
             await self._sagas.create_indexes(
                 [
                     IndexModel(
@@ -268,83 +274,34 @@ class MongoSagaStore:
             for name in _RETIRED_INDEXES:
                 if name in existing:
                     await self._sagas.drop_index(name)
-            await self._definitions_coll.create_index(
-                [("name", ASCENDING), ("version", ASCENDING)], name="name_version", unique=True
-            )
+            await self._definitions.ensure_indexes()
 
     async def ping(self) -> None:
-        with _translate_errors("answer a ping"):
+        with translate_errors("answer a ping"):
             await self._db.command("ping")
 
-    # -- definitions ------------------------------------------------------------------
-    def _remember(self, doc: Document) -> StoredDefinition:
-        key = (doc["name"], doc["version"])
-        cached = self._definitions.get(key)
-        if cached is None:
-            cached = StoredDefinition(
-                definition=SagaDefinition.model_validate(doc["definition"]),
-                source=doc["source"],
-                content_hash=doc["content_hash"],
-                registered_at=doc["registered_at"],
-            )
-            self._definitions[key] = cached
-        return cached
-
+    # -- definitions (``MongoDefinitions``) --------------------------------------------
     async def register_definition(
         self, definition: SagaDefinition, source: str
     ) -> Literal["created", "identical"]:
-        content_hash = definition_hash(definition)
-        existing = self._definitions.get((definition.name, definition.version))
-        if existing is None:
-            doc: Document = {
-                "_id": f"{definition.name}@{definition.version}",
-                "name": definition.name,
-                "version": definition.version,
-                "content_hash": content_hash,
-                "source": source,
-                "definition": definition.model_dump(mode="json"),
-                "registered_at": stored_datetime(datetime.now(UTC)),
-            }
-            with _translate_errors("register a definition"):
-                try:
-                    await self._definitions_coll.insert_one(doc)
-                except DuplicateKeyError:
-                    found = await self._definitions_coll.find_one({"_id": doc["_id"]})
-                    if found is None:  # pragma: no cover - definitions are never deleted
-                        raise
-                    existing = self._remember(found)
-                else:
-                    self._remember(doc)
-                    return "created"
-        if existing.content_hash != content_hash:
-            raise DefinitionConflict(definition.name, definition.version)
-        return "identical"
+        return await self._definitions.register(definition, source)
 
     async def get_definition(
         self, name: str, version: int | None = None
     ) -> StoredDefinition | None:
-        if version is not None and (cached := self._definitions.get((name, version))):
-            return cached
-        query: Document = {"name": name} if version is None else {"_id": f"{name}@{version}"}
-        with _translate_errors("read a definition"):
-            doc = await self._definitions_coll.find_one(query, sort=[("version", DESCENDING)])
-        return None if doc is None else self._remember(doc)
+        return await self._definitions.get(name, version)
 
     async def latest_definitions(self) -> list[StoredDefinition]:
-        pipeline: list[Document] = [
-            {"$sort": {"name": 1, "version": -1}},
-            {"$group": {"_id": "$name", "doc": {"$first": "$$ROOT"}}},
-            {"$replaceRoot": {"newRoot": "$doc"}},
-            {"$sort": {"name": 1}},
-        ]
-        with _translate_errors("list the definitions"):
-            cursor = await self._definitions_coll.aggregate(pipeline)
-            return [self._remember(doc) async for doc in cursor]
+        return await self._definitions.latest()
 
     async def definition_versions(self, name: str) -> list[StoredDefinition]:
-        with _translate_errors("list a definition's versions"):
-            cursor = self._definitions_coll.find({"name": name}).sort("version", ASCENDING)
-            return [self._remember(doc) async for doc in cursor]
+        return await self._definitions.versions(name)
+
+    async def retire_definition(self, name: str) -> bool:
+        return await self._definitions.retire(name)
+
+    async def trigger_events(self) -> set[str]:
+        return await self._definitions.trigger_events()
 
     # -- instances ----------------------------------------------------------------------
     @staticmethod
@@ -355,9 +312,9 @@ class MongoSagaStore:
 
     async def insert_saga(self, state: SagaState) -> None:
         """Insert; a taken (definition, key) — or saga id — raises ``DuplicateSaga``."""
-        inserted = await self._writes.submit(_Write.of(state, None))
+        inserted = await self._writes.submit(_Write.of(state, None, self._max_saga_bytes))
         if not inserted:
-            with _translate_errors("find the saga holding a key"):
+            with translate_errors("find the saga holding a key"):
                 existing = None
                 if state.key is not None:
                     existing = await self._sagas.find_one(
@@ -371,29 +328,29 @@ class MongoSagaStore:
 
     async def find_saga(self, definition: str, key: str) -> SagaState | None:
         """The instance of ``definition`` for business key ``key``, if any."""
-        with _translate_errors("find a saga"):
+        with translate_errors("find a saga"):
             doc = await self._sagas.find_one({"definition": definition, "key": key})
         return None if doc is None else self._state(doc)
 
     async def drop_database(self) -> None:
         """Drop the whole database: for throw-away databases (the demo's, tests')."""
-        with _translate_errors("drop the database"):
+        with translate_errors("drop the database"):
             await self._client.drop_database(self._db.name)
 
     async def load_saga(self, saga_id: str) -> SagaState | None:
-        with _translate_errors("load a saga"):
+        with translate_errors("load a saga"):
             doc = await self._sagas.find_one({"_id": saga_id})
         return None if doc is None else self._state(doc)
 
     async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        return await self._writes.submit(_Write.of(state, expected_revision))
+        return await self._writes.submit(_Write.of(state, expected_revision, self._max_saga_bytes))
 
     async def _write_batch(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
         """One unordered bulk write; per write: inserted / replaced (True) or not (False)."""
-        requests: list[InsertOne[Document] | ReplaceOne[Document]] = [
-            InsertOne(write.doc)
+        requests: list[InsertOne[Any] | ReplaceOne[Any]] = [
+            InsertOne(write.raw)
             if write.expected is None
-            else ReplaceOne({"_id": write.doc["_id"], "revision": write.expected}, write.doc)
+            else ReplaceOne({"_id": write.saga_id, "revision": write.expected}, write.raw)
             for write in batch
         ]
         details: Mapping[str, Any]
@@ -401,10 +358,10 @@ class MongoSagaStore:
             details = (await self._sagas.bulk_write(requests, ordered=False)).bulk_api_result
         except BulkWriteError as exc:
             details = exc.details
-        except (PyMongoError, BSONError) as exc:
+        except DRIVER_ERRORS as exc:
             if len(batch) > 1 and not isinstance(exc, ConnectionFailure):
                 return await self._write_one_by_one(batch)
-            raise StoreUnavailable(f"MongoDB failed to save sagas: {exc}") from exc
+            raise store_error(exc, "save sagas") from exc
         if details.get("writeConcernErrors"):
             concern = details["writeConcernErrors"][0].get("errmsg", "")
             raise StoreUnavailable(f"MongoDB did not confirm saving sagas: {concern}")
@@ -414,8 +371,7 @@ class MongoSagaStore:
             if batch[index].expected is None and code == _DUPLICATE_KEY:
                 outcomes[index] = False
             else:
-                message = error.get("errmsg", "")
-                outcomes[index] = StoreUnavailable(f"MongoDB failed to save a saga: {message}")
+                outcomes[index] = write_error(error, f"save saga {batch[index].saga_id!r}")
         replaced = [
             index
             for index, write in enumerate(batch)
@@ -439,7 +395,7 @@ class MongoSagaStore:
         for write in batch:
             try:
                 outcomes.extend(await self._write_batch([write]))
-            except StoreUnavailable as exc:
+            except AdapterError as exc:
                 outcomes.append(exc)
         lost = [index for index, outcome in enumerate(outcomes) if outcome is False]
         if lost:
@@ -450,13 +406,13 @@ class MongoSagaStore:
         self, batch: Sequence[_Write], indexes: list[int], outcomes: list[bool | BaseException]
     ) -> None:
         """Set ``outcomes[i]``: whether the stored document carries write ``i``'s token."""
-        ids = list({batch[index].doc["_id"] for index in indexes})
-        with _translate_errors("read back saved sagas"):
+        ids = list({batch[index].saga_id for index in indexes})
+        with translate_errors("read back saved sagas"):
             cursor = self._sagas.find({"_id": {"$in": ids}}, {WRITE_FIELD: 1})
             tokens = {doc["_id"]: doc.get(WRITE_FIELD) async for doc in cursor}
         for index in indexes:
             write = batch[index]
-            outcomes[index] = tokens.get(write.doc["_id"]) == write.token
+            outcomes[index] = tokens.get(write.saga_id) == write.token
 
     async def claim_due(self, now: datetime, lease: timedelta, limit: int) -> list[SagaState]:
         """Claim due instances in at most three round trips, whatever ``limit`` is.
@@ -470,7 +426,7 @@ class MongoSagaStore:
         if limit <= 0:
             return []
         due_filter = {"wake_at": {"$lte": now}}
-        with _translate_errors("claim due sagas"):
+        with translate_errors("claim due sagas"):
             cursor = self._sagas.find(due_filter, {"_id": 1}).sort(_OLDEST_FIRST["wake_at"])
             ids = [doc["_id"] async for doc in cursor.limit(limit)]
             if not ids:
@@ -491,7 +447,7 @@ class MongoSagaStore:
         if limit <= 0:
             return []
         query = {"outbox.0": {"$exists": True}, "updated_at": {"$lt": older_than}}
-        with _translate_errors("find unpublished commands"):
+        with translate_errors("find unpublished commands"):
             cursor = self._sagas.find(query).sort(_OLDEST_FIRST["updated_at"]).limit(limit)
             return [self._state(doc) async for doc in cursor]
 
@@ -505,5 +461,5 @@ class MongoSagaStore:
             UpdateOne({"_id": saga_id}, {"$pull": {"outbox": {"message_id": {"$in": ids}}}})
             for saga_id, ids in by_saga.items()
         ]
-        with _translate_errors("clear published commands"):
+        with translate_errors("clear published commands"):
             await self._sagas.bulk_write(updates, ordered=False)

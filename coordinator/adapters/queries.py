@@ -27,19 +27,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson.codec_options import CodecOptions
 from pymongo import DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import PyMongoError
 
+from coordinator.adapters.mongo_errors import translate_errors
 from coordinator.engine.state import ErrorInfo
-from coordinator.errors import StoreUnavailable
+from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaListPage, SagaRow
 
 __all__ = [
     "IN_FLIGHT_STATUSES",
@@ -50,7 +47,6 @@ __all__ = [
     "SagaRow",
 ]
 
-MAX_LIMIT = 500
 _CURSOR_VERSION = 1
 _PROJECTION = {
     "_id": 1,
@@ -68,31 +64,6 @@ IN_FLIGHT_STATUSES = ("running", "compensating", "failed")
 """Every status but ``completed`` and ``compensated``: what ``in_flight`` counts."""
 
 Document = dict[str, Any]
-
-
-class InvalidCursor(ValueError):
-    """The ``cursor`` a client sent was not made by ``SagaQueries``."""
-
-
-@dataclass(frozen=True, slots=True)
-class SagaRow:
-    """One saga as listed: everything but its input, steps and history."""
-
-    id: str
-    definition: str
-    definition_version: int
-    key: str | None
-    status: str
-    reason: ErrorInfo | None
-    deadline: datetime | None
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class SagaListPage:
-    items: list[SagaRow]
-    next_cursor: str | None
 
 
 def _utc(value: datetime) -> datetime:
@@ -118,14 +89,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
             "the cursor is not one this API returned: pass `next_cursor` from the previous "
             "page unchanged, or omit `cursor` to start from the newest saga"
         ) from exc
-
-
-@contextmanager
-def _translate_errors(operation: str) -> Iterator[None]:
-    try:
-        yield
-    except PyMongoError as exc:
-        raise StoreUnavailable(f"MongoDB failed to {operation}: {exc}") from exc
 
 
 def _row(doc: Document) -> SagaRow:
@@ -156,7 +119,7 @@ class SagaQueries:
     async def ensure_indexes(self) -> None:
         """The indexes that serve the listing: newest first, alone or under one filter."""
         order = [("created_at", DESCENDING), ("_id", DESCENDING)]
-        with _translate_errors("create the listing indexes"):
+        with translate_errors("create the listing indexes"):
             await self._sagas.create_indexes(
                 [
                     IndexModel(order, name="list_created"),
@@ -200,7 +163,7 @@ class SagaQueries:
         query: Document = (
             {"$and": conditions} if len(conditions) > 1 else next(iter(conditions), {})
         )
-        with _translate_errors("list sagas"):
+        with translate_errors("list sagas"):
             docs = (
                 await self._sagas.find(query, _PROJECTION).sort(_ORDER).limit(limit + 1).to_list()
             )
@@ -227,7 +190,7 @@ class SagaQueries:
                 }
             },
         ]
-        with _translate_errors("count the sagas in flight"):
+        with translate_errors("count the sagas in flight"):
             cursor = await self._sagas.aggregate(pipeline)
             groups = await cursor.to_list()
         return {

@@ -414,20 +414,35 @@ class RabbitBroker:
         self._commands = await self._publish_channel.get_exchange(ex.commands, ensure=False)
         self._dead_letter = await self._publish_channel.get_exchange(ex.dead_letter, ensure=False)
 
-    async def bind_events(self, event_types: Iterable[str]) -> None:
-        """Bind the events queue to every trigger event not bound yet."""
+    async def bind_events(self, event_types: Iterable[str], known: Iterable[str] = ()) -> None:
+        """Bind the events queue to exactly ``event_types``: bind the new, unbind the rest.
+
+        "The rest" is every type this process bound before, and ``known`` (e.g. the triggers
+        of every stored definition version, retired ones included): a binding made by an
+        earlier run can only be found through ``known``, as AMQP cannot list bindings.
+        Unbinding a type that is not bound is harmless.
+        """
+        wanted = set(event_types)
         async with self._bind_lock:
-            new = sorted(set(event_types) - self._bound)
-            if not new:
+            new = sorted(wanted - self._bound)
+            stale = sorted((self._bound | set(known)) - wanted)
+            if not new and not stale:
                 return
             assert self._events_queue is not None
+            events = self.names.exchanges.events
             with _broker_errors("bind events"):
                 for event_type in new:
-                    await self._events_queue.bind(
-                        self.names.exchanges.events, routing_key=event_type
-                    )
+                    await self._events_queue.bind(events, routing_key=event_type)
                     self._bound.add(event_type)
-            log.info("events queue bound to %s", ", ".join(new))
+                for event_type in stale:
+                    await self._events_queue.unbind(events, routing_key=event_type)
+                    self._bound.discard(event_type)
+            if new:
+                log.info("events queue bound to %s", ", ".join(new))
+            if stale:
+                log.info("events queue unbound from %s", ", ".join(stale))
+
+    sync_event_bindings = bind_events
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -9,7 +9,9 @@ last colon is the scope, so a token containing a colon must name its scope::
 With tokens configured, every ``/v1`` call needs ``Authorization: Bearer <token>``: 401 (with
 ``WWW-Authenticate: Bearer``) without a token or with an unknown one, 403 when a read token
 calls a write endpoint (any method but GET, HEAD and OPTIONS). Without tokens the API is
-open; ``warn_if_exposed`` tells the operator when that is risky.
+open; the service refuses to start open on a non-loopback address
+(``refuse_anonymous_bind``) unless ``SAGA_API_ALLOW_ANONYMOUS=true`` says so on purpose, and
+then ``warn_if_exposed`` logs a warning.
 
 Tokens are compared in constant time: every configured token is compared (as sha256
 digests, so lengths leak nothing either) whatever the outcome.
@@ -30,6 +32,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
 from coordinator.api.context import get_context
+from coordinator.api.jsonbody import check_json_body
 from coordinator.api.problems import ApiProblem
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "bearer_scheme",
     "check_token",
     "parse_api_tokens",
+    "refuse_anonymous_bind",
     "warn_if_exposed",
 ]
 
@@ -120,6 +124,19 @@ def warn_if_exposed(host: str, tokens: TokenTable | str | None) -> bool:
     return True
 
 
+def refuse_anonymous_bind(host: str, tokens: TokenTable, *, allow_anonymous: bool) -> None:
+    """Raise ``ValueError`` when ``host`` is beyond loopback, no token is configured and
+    anonymous access was not allowed on purpose; with it allowed, log a warning."""
+    if tokens.open and not _is_loopback(host) and not allow_anonymous:
+        raise ValueError(
+            f"refusing to serve the REST API on {host or 'all interfaces'} without API "
+            "tokens: set SAGA_API_TOKENS (e.g. 'secret1:write,secret2:read'), bind to "
+            "127.0.0.1 (SAGA_HTTP_HOST), or set SAGA_API_ALLOW_ANONYMOUS=true to serve it "
+            "open on purpose"
+        )
+    warn_if_exposed(host, tokens)
+
+
 def _is_loopback(host: str) -> bool:
     host = host.strip().strip("[]")
     if host.lower() == "localhost":
@@ -157,13 +174,15 @@ def check_token(request: Request) -> Scope | None:
 
 class AuthorizedRoute(APIRoute):
     """A route that checks the token before anything else, even before reading the body,
-    so that a caller without a valid token learns nothing from validation errors."""
+    so that a caller without a valid token learns nothing from validation errors; then
+    what a JSON body holds (``check_json_body``), before the route parses it."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def authorized(request: Request) -> Response:
             check_token(request)
+            await check_json_body(request)
             return await handler(request)
 
         return authorized

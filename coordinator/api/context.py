@@ -15,11 +15,10 @@ from fastapi import Request
 
 from coordinator.engine.messages import Transition
 from coordinator.engine.state import SagaState
-from coordinator.ports import SagaStore
+from coordinator.ports import SagaListing, SagaStore
 from schemas.definition import SagaDefinition
 
 if TYPE_CHECKING:
-    from coordinator.adapters.queries import SagaListPage
     from coordinator.api.auth import TokenTable
 
 __all__ = [
@@ -47,6 +46,11 @@ class SagaCommands(Protocol):
         raises ``DefinitionConflict`` for the same version with other content."""
         ...
 
+    async def retire_definition(self, name: str) -> None:
+        """Retire every version of ``name`` (its trigger binding goes); raises
+        ``UnknownDefinition`` when none is registered."""
+        ...
+
     async def start_saga(
         self,
         definition_name: str,
@@ -66,20 +70,6 @@ class SagaCommands(Protocol):
     async def cancel(self, saga_id: str, reason: str) -> Transition: ...
 
     async def retry(self, saga_id: str) -> Transition: ...
-
-
-class SagaListing(Protocol):
-    """The read side: listing sagas (``coordinator.adapters.queries.SagaQueries``)."""
-
-    async def list_sagas(
-        self,
-        *,
-        definition: str | None = None,
-        status: str | None = None,
-        key: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> SagaListPage: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""``/v1/definitions``: list, read and register saga definitions.
+"""``/v1/definitions``: list, read, register and retire saga definitions.
 
 Registration takes the YAML (``application/yaml``, ``text/yaml``, ``application/x-yaml``) or
 JSON (``application/json``) text as the request body, validates it with the same loader as
@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from coordinator.api.auth import AuthorizedRoute
 from coordinator.api.context import ApiContext, get_context
+from coordinator.api.jsonbody import json_problems
 from coordinator.api.problems import PROBLEM_JSON, ApiProblem, definition_error_items
 from coordinator.definitions.loader import load_definition
 from coordinator.errors import AdapterError, DefinitionError
@@ -48,6 +49,7 @@ def definition_out(stored: StoredDefinition) -> DefinitionOut:
         content_hash=stored.content_hash,
         definition=definition,
         source=stored.source,
+        retired=stored.retired,
     )
 
 
@@ -91,7 +93,7 @@ async def list_versions(name: Name, context: Context) -> DefinitionList:
     responses={404: _PROBLEM},
 )
 async def get_version(
-    name: Name, version: Annotated[int, Path(ge=1)], context: Context
+    name: Name, version: Annotated[int, Path(ge=1, le=2**63 - 1)], context: Context
 ) -> DefinitionOut:
     stored = await context.store.get_definition(name, version)
     if stored is None:
@@ -176,6 +178,14 @@ async def register_definition(
         definition = load_definition(body, REQUEST_SOURCE)
     except DefinitionError as exc:
         raise _invalid(definition_error_items(exc)) from exc
+    except (ArithmeticError, ValueError, TypeError, RecursionError) as exc:
+        # A value the loader's rules did not foresee (say, a duration too long to
+        # represent): still the request's fault, never a 500.
+        message = f"a value is out of range or malformed: {exc}"
+        raise _invalid([{"line": None, "field": None, "message": message}]) from exc
+    # YAML escapes can make text JSON would not (a lone surrogate): refused, located.
+    if problems := json_problems(definition.model_dump()):
+        raise _invalid([{"line": None, **problem} for problem in problems])
     source = body.decode("utf-8-sig")
     try:
         outcome = await context.service.register_definition(definition, source)
@@ -197,4 +207,20 @@ async def register_definition(
     location = f"/v1/definitions/{definition.name}/versions/{definition.version}"
     response.headers["Location"] = location
     response.status_code = 201 if outcome == "created" else 200
+    return definition_out(stored)
+
+
+@router.post(
+    "/{name}/retire",
+    response_model=DefinitionOut,
+    summary="Retire a definition: its trigger no longer starts sagas",
+    description="Every version of the name is retired and its trigger binding removed; "
+    "running sagas go on; registering a new version makes the name active again.",
+    responses={404: _PROBLEM, 503: _PROBLEM},
+)
+async def retire_definition(name: Name, context: Context) -> DefinitionOut:
+    await context.service.retire_definition(name)
+    stored = await context.store.get_definition(name)
+    if stored is None:  # pragma: no cover - definitions are never deleted
+        raise ApiProblem(404, f"no definition {name!r} is registered", slug="unknown-definition")
     return definition_out(stored)

@@ -21,16 +21,19 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from coordinator.errors import (
     AdapterError,
     DefinitionConflict,
     DefinitionError,
+    DefinitionUnloadable,
     SagaError,
     SagaNotFound,
     UnknownDefinition,
+    UnstorableData,
 )
-from coordinator.service import SagaBusy
+from coordinator.runtime.errors import SagaBusy
 
 __all__ = [
     "PROBLEM_JSON",
@@ -149,7 +152,29 @@ async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
             detail = f"{request.method} is not allowed on {request.url.path}"
         elif status == 413:
             detail = "the request body is over the size limit"
-    return problem_response(request, status, detail, headers=exc.headers)
+    headers = exc.headers
+    if status == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+    return problem_response(request, status, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at this path (Starlette's own ``Allow``
+    names only the methods of the first route that matched the path)."""
+    allowed = {
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.router.routes
+        )
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")  # HeadAsGetMiddleware
+    return sorted(allowed)
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 
 _OMIT = object()
@@ -215,8 +240,12 @@ def _saga_error_status(exc: SagaError) -> tuple[int, str]:
         return 404, "saga-not-found"
     if isinstance(exc, DefinitionConflict):
         return 409, "definition-conflict"
+    if isinstance(exc, DefinitionUnloadable):
+        return 409, "definition-unloadable"
     if isinstance(exc, DefinitionError):
         return 422, "invalid-definition"
+    if isinstance(exc, UnstorableData):
+        return 422, "unstorable"
     if isinstance(exc, AdapterError):
         return 503, "unavailable"
     if isinstance(exc, SagaBusy):

@@ -12,12 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
-from coordinator.adapters.queries import MAX_LIMIT, InvalidCursor, SagaRow
 from coordinator.api.auth import AuthorizedRoute
 from coordinator.api.context import ApiContext, get_context
 from coordinator.api.problems import PROBLEM_JSON, ApiProblem
 from coordinator.engine.messages import Transition
 from coordinator.engine.state import ErrorInfo, Phase, SagaState, StepState
+from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaRow
 from schemas.api import (
     CancelRequest,
     ErrorOut,

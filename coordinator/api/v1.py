@@ -13,7 +13,9 @@ writes::
         queries=queries,
         tokens=parse_api_tokens(settings.api_tokens),
     )
-    warn_if_exposed(settings.http_host, context.tokens)
+    refuse_anonymous_bind(
+        settings.http_host, context.tokens, allow_anonymous=settings.api_allow_anonymous
+    )
     app = create_app(
         store=store,
         broker_open=lambda: broker.is_open,
@@ -42,12 +44,21 @@ from schemas.api import Problem
 
 __all__ = ["install_rest_api", "router"]
 
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": description}
+
+
 _AUTH_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    401: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "No or bad token"},
-    403: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "Read-only token"},
-    422: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "Invalid request"},
-    500: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": "Unexpected error"},
+    400: _problem("The body is not JSON"),
+    401: _problem("No or bad token (only when API tokens are configured)"),
+    403: _problem("Read-only token (only when API tokens are configured)"),
+    413: _problem("The body is over the size limit"),
+    422: _problem("Invalid request"),
+    500: _problem("Unexpected error"),
+    503: _problem("MongoDB or RabbitMQ did not answer; retry later"),
 }
+_TOKEN_STATUSES = ("401", "403")
 
 router = APIRouter(prefix="/v1", dependencies=[bearer_scheme], responses=_AUTH_PROBLEMS)
 router.include_router(definitions.router)
@@ -59,11 +70,36 @@ def install_rest_api(
 ) -> None:
     """Mount ``/v1`` on ``app`` with its problem handlers, size limit and context."""
     setattr(app.state, STATE_KEY, context)
+    if context.tokens.open:
+        _document_open_api(app)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_body_bytes)
     app.include_router(router)
     if app.docs_url is None and app.openapi_url is not None:
         _add_docs(app, app.openapi_url)
+
+
+def _document_open_api(app: FastAPI) -> None:
+    """Without tokens, the OpenAPI asks for none: no security, no 401 or 403 answers."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        for path, item in schema.get("paths", {}).items():
+            if not path.startswith("/v1"):
+                continue
+            for operation in item.values():
+                if isinstance(operation, dict):
+                    operation.pop("security", None)
+                    for status in _TOKEN_STATUSES:
+                        operation.get("responses", {}).pop(status, None)
+        schema.get("components", {}).pop("securitySchemes", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_docs(app: FastAPI, openapi_url: str) -> None:

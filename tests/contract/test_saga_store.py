@@ -27,7 +27,12 @@ from coordinator.adapters import (
     as_stored,
 )
 from coordinator.engine.state import Command, HistoryEntry, SagaState, StepState
-from coordinator.errors import DefinitionConflict, StoreUnavailable
+from coordinator.errors import (
+    DefinitionConflict,
+    DefinitionUnloadable,
+    StoreUnavailable,
+    UnstorableData,
+)
 from coordinator.ports import DuplicateSaga, SagaStore
 from schemas.definition import SagaDefinition
 from tests.conftest import free_port
@@ -182,6 +187,48 @@ async def test_definitions_are_shared_between_store_instances(
     assert await second.register_definition(definition(), "b") == "identical"
     with pytest.raises(DefinitionConflict):
         await second.register_definition(definition(description="x"), "c")
+
+
+async def test_retire_marks_every_version_until_a_new_one(store: SagaStore) -> None:
+    assert await store.retire_definition("order") is False
+    await store.register_definition(definition(1), "a")
+    await store.register_definition(definition(2), "b")
+    await store.register_definition(definition(1, name="other"), "c")
+    assert await store.retire_definition("order") is True
+    latest = {d.definition.name: d for d in await store.latest_definitions()}
+    assert latest["order"].retired and not latest["other"].retired
+    assert all(d.retired for d in await store.definition_versions("order"))
+    await store.register_definition(definition(3), "d")
+    again = await store.get_definition("order")
+    assert again is not None and again.definition.version == 3 and not again.retired
+    assert await store.trigger_events() == {"order.placed"}
+
+
+@pytest.mark.integration
+async def test_a_stored_definition_that_no_longer_loads_never_stops_the_others(
+    counted: MongoSagaStore, mongo: Any
+) -> None:
+    await counted.register_definition(definition(1, name="good"), "a")
+    # As registered by an earlier release whose rules were looser: it fails validation now.
+    bad = definition(1, name="bad").model_dump(mode="json")
+    bad["steps"][0]["retry"] = {"max_attempts": 0}
+    bad["trigger"]["event"] = "bad.happened"
+    await mongo[counted._db.name]["definitions"].insert_one(
+        {
+            "_id": "bad@1",
+            "name": "bad",
+            "version": 1,
+            "content_hash": "x",
+            "source": "…",
+            "definition": bad,
+            "registered_at": T0,
+        }
+    )
+    assert [d.definition.name for d in await counted.latest_definitions()] == ["good"]
+    assert await counted.definition_versions("bad") == []
+    with pytest.raises(DefinitionUnloadable, match="'bad' version 1 does not load"):
+        await counted.get_definition("bad")
+    assert "bad.happened" in await counted.trigger_events()  # so its binding can go
 
 
 # -- instances --------------------------------------------------------------------------
@@ -422,7 +469,7 @@ async def test_a_write_the_batch_cannot_carry_fails_alone(counted: MongoSagaStor
         counted.insert_saga(states[5]),
         return_exceptions=True,
     )
-    assert isinstance(outcomes[1], StoreUnavailable)
+    assert isinstance(outcomes[1], UnstorableData)  # never an outage: never retried
     assert outcomes[:1] + outcomes[2:] == [True] * 4 + [None]
     assert await counted.load_saga("s-0") == as_stored(states[0])
     for state in [*good, states[5]]:
@@ -447,7 +494,7 @@ async def test_a_batch_that_fails_as_a_whole_is_retried_write_by_write(
         return_exceptions=True,
     )
     assert outcomes[:5] == [True, None, True, True, True]
-    assert isinstance(outcomes[5], StoreUnavailable)
+    assert isinstance(outcomes[5], UnstorableData)
     assert "cannot encode" in str(outcomes[5])
     assert await counted.load_saga("s-0") == as_stored(states[0])
     for state in [*good, states[5]]:
@@ -494,6 +541,34 @@ async def test_idle_claim_is_one_round_trip(
     counter.reset()
     assert await counted.claim_due(at(0), LEASE, limit=100) == []
     assert counter.total == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("input", {"a\x00b": 1}, "NULL byte"),
+        ("input", {"n": 1 << 70}, "8-byte ints"),
+        ("input", {"s": "\ud8d1"}, "surrogates"),
+        ("input", {"blob": "x" * 3000}, "budget"),
+    ],
+)
+async def test_data_that_can_never_be_stored_is_unstorable_not_an_outage(
+    backend: SagaStore, field: str, value: Any, why: str
+) -> None:
+    if isinstance(backend, InMemorySagaStore):
+        backend.max_saga_bytes = 2048
+    else:
+        assert isinstance(backend, MongoSagaStore)
+        backend._max_saga_bytes = 2048
+    await backend.ensure_indexes()
+    bad = saga("s-bad").model_copy(update={field: value})
+    with pytest.raises(UnstorableData, match=why):
+        await backend.insert_saga(bad)
+    await backend.insert_saga(saga("s-1"))
+    with pytest.raises(UnstorableData, match=why):
+        await backend.save_saga(bad.model_copy(update={"id": "s-1", "revision": 1}), 0)
+    assert await backend.load_saga("s-1") == as_stored(saga("s-1"))
+    assert await backend.load_saga("s-bad") is None
 
 
 # PyMongo leaves the socket of a refused connection to the garbage collector; collect it

@@ -50,3 +50,11 @@ def test_services_wait_for_healthy_dependencies() -> None:
         depends = services[name]["depends_on"]
         assert depends["rabbitmq"]["condition"] == "service_healthy"
         assert depends["mongodb"]["condition"] == "service_healthy"
+
+
+def test_the_coordinator_is_open_only_on_this_machines_loopback() -> None:
+    coordinator = _compose()["services"]["coordinator"]
+    environment = coordinator["environment"]
+    assert environment["SAGA_HTTP_HOST"] == "0.0.0.0"
+    if "true" in str(environment.get("SAGA_API_ALLOW_ANONYMOUS", "")):
+        assert all(str(port).startswith("127.0.0.1:") for port in coordinator["ports"])

@@ -143,8 +143,11 @@ class RacingStore(InMemorySagaStore):
         return await super().save_saga(state, expected_revision)
 
 
-async def make_service() -> tuple[SagaService, RacingStore, RecordingPublisher, Clock]:
-    store, publisher, clock = RacingStore(), RecordingPublisher(), Clock()
+async def make_service(
+    store: RacingStore | None = None,
+) -> tuple[SagaService, RacingStore, RecordingPublisher, Clock]:
+    store = store or RacingStore()
+    publisher, clock = RecordingPublisher(), Clock()
     ids = (f"s-{n}" for n in itertools.count(1))
     await store.register_definition(DEFINITION, "source")
     service = SagaService(

@@ -13,6 +13,7 @@ from datetime import timedelta
 from coordinator.adapters.memory import InMemorySagaStore
 from coordinator.engine.engine import Options
 from coordinator.engine.state import SagaState
+from coordinator.runtime.cache import StateCache, state_size
 from coordinator.service import SagaService
 from tests.unit.test_runtime_service import (
     DEFINITION,
@@ -35,7 +36,7 @@ class CountingStore(InMemorySagaStore):
 
 
 async def two_replicas(
-    state_cache: int = 100,
+    state_cache_bytes: int = 1 << 20,
 ) -> tuple[SagaService, SagaService, CountingStore, RecordingPublisher, RecordingPublisher]:
     store = CountingStore()
     await store.register_definition(DEFINITION, "source")
@@ -52,7 +53,7 @@ async def two_replicas(
             random=lambda: 0.5,
             new_id=lambda: next(ids),
             relay_age=timedelta(seconds=5),
-            state_cache=state_cache,
+            state_cache_bytes=state_cache_bytes,
         )
         await service.refresh_definitions()
         replicas.append(service)
@@ -110,15 +111,16 @@ async def test_a_stale_cached_state_loses_no_transition() -> None:
     assert "reply.ignored" not in events(stored)
 
 
-async def test_the_cache_is_bounded_and_can_be_turned_off() -> None:
-    a, _, store, _, _ = await two_replicas(state_cache=1)
+async def test_the_cache_is_bounded_by_bytes_and_can_be_turned_off() -> None:
+    one_saga = state_size((await (await two_replicas())[0].start_saga("order", {}))[0])
+    a, _, store, _, _ = await two_replicas(state_cache_bytes=one_saga * 3 // 2)
     first, _ = await a.start_saga("order", {}, key="k1")
     second, _ = await a.start_saga("order", {}, key="k2")  # evicts the first
     await a.on_reply(second.id, succeeded("reserve"))
     assert store.loads == 0
     await a.on_reply(first.id, succeeded("reserve"))
     assert store.loads == 1
-    off, _, store_off, _, _ = await two_replicas(state_cache=0)
+    off, _, store_off, _, _ = await two_replicas(state_cache_bytes=0)
     saga, _ = await off.start_saga("order", {}, key="k")
     await off.on_reply(saga.id, succeeded("reserve"))
     assert store_off.loads == 1
@@ -144,3 +146,25 @@ async def test_a_finished_saga_leaves_the_cache() -> None:
     late = await a.on_reply(saga.id, succeeded("charge"))
     assert late is not None and events(late.state)[-1] == "reply.ignored"
     assert store.loads == 1
+
+
+def test_large_states_make_the_cache_hold_fewer_sagas_not_more_bytes() -> None:
+    cache = StateCache(max_bytes=5 * 1024 * 1024)
+    template = SagaState.model_validate(
+        {
+            "id": "s",
+            "definition": "order",
+            "definition_version": 1,
+            "steps": [],
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }
+    )
+    for index in range(20):  # 20 sagas with a 1 MiB input each
+        cache.remember(template.model_copy(update={"id": f"s-{index}", "input": "x" * (1 << 20)}))
+    assert cache.bytes <= 5 * 1024 * 1024
+    assert len(cache) == 4
+    assert cache.get("s-19") is not None and cache.get("s-0") is None
+    cache.remember(template.model_copy(update={"id": "huge", "input": "x" * (6 << 20)}))
+    assert cache.get("huge") is None  # over the whole budget: never cached
+    assert cache.bytes <= 5 * 1024 * 1024

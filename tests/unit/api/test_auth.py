@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from coordinator.api.auth import parse_api_tokens, warn_if_exposed
+from coordinator.api.auth import parse_api_tokens, refuse_anonymous_bind, warn_if_exposed
 
 
 def test_parse_scopes_and_default_write() -> None:
@@ -61,3 +61,25 @@ def test_warn_if_exposed(
     assert bool(caplog.records) is warned
     if warned:
         assert "SAGA_API_TOKENS" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("host", "tokens", "allowed", "refused"),
+    [
+        ("0.0.0.0", None, False, True),
+        ("10.1.2.3", "", False, True),
+        ("0.0.0.0", None, True, False),
+        ("0.0.0.0", "secret", False, False),
+        ("127.0.0.1", None, False, False),
+        ("::1", None, False, False),
+    ],
+)
+def test_an_open_api_beyond_loopback_is_refused_unless_allowed(
+    host: str, tokens: str | None, allowed: bool, refused: bool
+) -> None:
+    table = parse_api_tokens(tokens)
+    if refused:
+        with pytest.raises(ValueError, match="SAGA_API_ALLOW_ANONYMOUS=true"):
+            refuse_anonymous_bind(host, table, allow_anonymous=allowed)
+    else:
+        refuse_anonymous_bind(host, table, allow_anonymous=allowed)

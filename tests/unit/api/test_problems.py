@@ -13,7 +13,6 @@ import pytest
 from fastapi import FastAPI
 
 from coordinator.adapters.memory import InMemorySagaStore
-from coordinator.adapters.queries import SagaListPage
 from coordinator.api.auth import parse_api_tokens
 from coordinator.api.context import ApiContext
 from coordinator.api.v1 import install_rest_api
@@ -25,7 +24,9 @@ from coordinator.errors import (
     SagaError,
     SagaNotFound,
     StoreUnavailable,
+    UnstorableData,
 )
+from coordinator.ports import SagaListPage
 from coordinator.service import SagaBusy
 from schemas.definition import SagaDefinition
 
@@ -37,6 +38,9 @@ class Raising:
         self.error = error
 
     async def register_definition(self, definition: SagaDefinition, source: str) -> str:
+        raise self.error
+
+    async def retire_definition(self, name: str) -> None:
         raise self.error
 
     async def start_saga(
@@ -80,6 +84,7 @@ async def call(error: Exception, method: str, path: str, **kwargs: Any) -> httpx
         (StoreUnavailable("MongoDB failed: secret-host:27017"), 503, "unavailable"),
         (BrokerUnavailable("down"), 503, "unavailable"),
         (SagaBusy("s-1", 20), 503, "busy"),
+        (UnstorableData("cannot store saga: the data cannot be stored"), 422, "unstorable"),
         (InvalidTransition("engine bug with internals"), 500, "internal"),
         (SagaError("unclassified"), 500, "internal"),
     ],
