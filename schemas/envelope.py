@@ -17,11 +17,13 @@ __all__ = [
     "HEADER_IDEMPOTENCY_KEY",
     "HEADER_KIND",
     "HEADER_REJECTION",
+    "HEADER_ROUTING_KEY",
     "HEADER_SAGA_ID",
     "HEADER_SAGA_NAME",
     "HEADER_SAGA_VERSION",
     "HEADER_STEP",
     "HEADER_TRACEPARENT",
+    "HEADER_TRIES",
     "REPLY_COPIED_HEADERS",
     "Exchanges",
     "FailedReply",
@@ -42,6 +44,10 @@ HEADER_IDEMPOTENCY_KEY = "x-idempotency-key"
 HEADER_DEADLINE = "x-deadline"
 HEADER_TRACEPARENT = "traceparent"
 HEADER_REJECTION = "x-saga-rejection"
+#: Times a consumer's handler failed on this message (a copy put back to its queue).
+HEADER_TRIES = "x-saga-tries"
+#: The routing key a message put back to its queue was first published with.
+HEADER_ROUTING_KEY = "x-saga-routing-key"
 
 #: Headers a participant copies from a command onto its reply.
 REPLY_COPIED_HEADERS = (
@@ -60,9 +66,15 @@ DEFAULT_REPLY_TO = "coordinator"
 Kind = Literal["action", "compensation"]
 
 
-def idempotency_key(saga_id: str, step: str, kind: Kind) -> str:
-    """The key that is the same for every attempt of one step's action or compensation."""
-    return f"{saga_id}:{step}:{kind}"
+def idempotency_key(saga_id: str, step: str, kind: Kind, retry: int = 0) -> str:
+    """The key that is the same for every attempt of one step's action or compensation.
+
+    ``retry`` is the number of operator retries that resumed this step and kind: after the
+    n-th, the key is ``<saga>:<step>:<kind>:r<n>``, so a participant runs it again instead
+    of replaying the stored outcome (SPEC §3).
+    """
+    base = f"{saga_id}:{step}:{kind}"
+    return f"{base}:r{retry}" if retry > 0 else base
 
 
 class Exchanges:
@@ -74,6 +86,8 @@ class Exchanges:
         self.commands = f"{prefix}.commands"
         self.replies = f"{prefix}.replies"
         self.dead_letter = f"{prefix}.dead-letter"
+        #: The events exchange's alternate exchange, and the queue that keeps what it gets.
+        self.unrouted = f"{prefix}.unrouted"
 
 
 class ReplyError(BaseModel):

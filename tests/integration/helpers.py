@@ -231,6 +231,7 @@ class Broker:
             f"{self.prefix}.coordinator.events",
             f"{self.prefix}.coordinator.replies",
             f"{self.prefix}.dead-letter",
+            f"{self.prefix}.unrouted",
             *participant_queues,
         ]
         for name in queues:
@@ -239,7 +240,7 @@ class Broker:
             except Exception:
                 self.channel = await self.channel.connection.channel()  # type: ignore[attr-defined]
         ex = self.exchanges
-        for name in (ex.events, ex.commands, ex.replies, ex.dead_letter):
+        for name in (ex.events, ex.commands, ex.replies, ex.dead_letter, ex.unrouted):
             try:
                 await self.channel.exchange_delete(name)
             except Exception:
