@@ -57,6 +57,7 @@ __all__ = [
     "ConsumerObserver",
     "RetryPolicy",
     "original_routing_key",
+    "publishable",
     "tries_of",
 ]
 
@@ -120,11 +121,26 @@ def original_routing_key(message: AbstractIncomingMessage) -> str:
     return message.routing_key or ""
 
 
+def publishable(value: Any) -> Any:
+    """``value`` as the AMQP encoder takes it back: received ``bytes`` become ``bytearray``.
+
+    A long-string header that is not UTF-8 arrives as ``bytes``, which the encoder refuses;
+    without this, the copy of such a message could be neither dead-lettered nor retried.
+    """
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {str(k): publishable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [publishable(v) for v in value]
+    return value
+
+
 def copy_of(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
     """The message, body and properties unchanged, with ``headers``."""
     return aio_pika.Message(
         body=message.body,
-        headers=headers,
+        headers=publishable(headers),
         message_id=message.message_id,
         correlation_id=message.correlation_id,
         type=message.type,
