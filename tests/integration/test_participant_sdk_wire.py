@@ -14,16 +14,19 @@ import pytest
 
 from participants import Participant
 from schemas.envelope import HEADER_REJECTION, idempotency_key
-from tests.integration.test_participant_sdk import (  # noqa: F401 (fixtures)
+from tests.integration import test_participant_sdk as sdk
+from tests.integration.test_participant_sdk import (
     Broker,
     Factory,
     assert_quiet,
-    broker,
-    inventory,
-    make_inventory,
     next_message,
     reply_of,
 )
+
+# The fixtures of the SDK's main test module, shared here.
+broker = sdk.broker
+inventory = sdk.inventory
+make_inventory = sdk.make_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +45,8 @@ def headers_for(saga_id: str, **changes: Any) -> dict[str, Any]:
 
 
 async def test_a_command_past_its_deadline_is_not_executed(
-    broker: Broker, inventory: Participant
+    broker: Broker,
+    inventory: Participant,
 ) -> None:
     saga_id = uuid.uuid4().hex
     past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
@@ -62,7 +66,8 @@ async def test_a_command_past_its_deadline_is_not_executed(
 
 
 async def test_an_operator_retry_key_is_a_new_request(
-    broker: Broker, inventory: Participant
+    broker: Broker,
+    inventory: Participant,
 ) -> None:
     saga_id = uuid.uuid4().hex
     await broker.send("reserve_stock", {"order_id": "o-1"}, headers=headers_for(saga_id))
@@ -81,7 +86,8 @@ async def test_an_operator_retry_key_is_a_new_request(
 
 
 async def test_hostile_commands_are_dead_lettered_and_the_participant_goes_on(
-    broker: Broker, inventory: Participant
+    broker: Broker,
+    inventory: Participant,
 ) -> None:
     saga_id = uuid.uuid4().hex
     cases: dict[str, tuple[bytes, dict[str, Any], str]] = {
@@ -119,7 +125,8 @@ async def test_hostile_commands_are_dead_lettered_and_the_participant_goes_on(
 
 
 async def test_a_bug_is_tried_a_bounded_number_of_times_counted_by_the_sdk(
-    broker: Broker, make_inventory: Factory
+    broker: Broker,
+    make_inventory: Factory,
 ) -> None:
     async with make_inventory(delivery_limit=3) as inventory:
         inventory.policy = type(inventory.policy)(max_tries=3, delay=0.05)
