@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ T = TypeVar("T")
 Handle = Callable[[T], Awaitable[str | None]]
 
 _MAX_REASON = 1000
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +124,17 @@ def original_routing_key(message: AbstractIncomingMessage) -> str:
 
 
 def publishable(value: Any) -> Any:
-    """``value`` as the AMQP encoder takes it back: received ``bytes`` become ``bytearray``.
+    """``value`` as the AMQP encoder takes it back.
 
-    A long-string header that is not UTF-8 arrives as ``bytes``, which the encoder refuses;
-    without this, the copy of such a message could be neither dead-lettered nor retried.
+    Some headers decode to values the encoder refuses: a long string that is not UTF-8
+    arrives as ``bytes`` (sent back as ``bytearray``), a double beyond a single float's range
+    as a ``float`` the encoder packs in 32 bits (sent back as its text). Without this, the
+    copy of such a message could be neither dead-lettered nor retried.
     """
     if isinstance(value, bytes):
         return bytearray(value)
+    if isinstance(value, float) and math.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        return repr(value)
     if isinstance(value, dict):
         return {str(k): publishable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
