@@ -10,7 +10,8 @@ exactly like ``aio_pika.connect_robust``.
 aio-pika's robust connection takes one URL. ``FailoverConnection`` hooks the one place
 where it starts an attempt: it clears ``transport`` just before connecting to ``self.url``
 (``RobustConnection.__connect_transport``), and ``url`` is read for that attempt only.
-``tests/unit/test_brokers.py`` checks that this still holds for the installed aio-pika.
+``tests/integration/test_broker_failover.py`` checks that this still holds for the installed
+aio-pika.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -88,6 +88,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError,
@@ -418,34 +419,29 @@ class RabbitBroker:
         replies = consumer(self.names.replies_queue, "replies", "other")
         self._handlers = [events, replies]
 
-        async def on_events(message: AbstractIncomingMessage) -> None:
-            await self._track(
-                events.deliver(
-                    message,
-                    lambda m: decode_event(
-                        RawMessage.from_amqp(m), max_bytes=max_bytes, max_depth=max_depth
-                    ),
-                    on_event,
-                )
-            )
+        def callback(
+            consumer: Consumer,
+            decode: Callable[..., T],
+            handle: Callable[[T], Awaitable[str | None]],
+        ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+            def decoded(message: AbstractIncomingMessage) -> T:
+                raw = RawMessage.from_amqp(message)
+                return decode(raw, max_bytes=max_bytes, max_depth=max_depth)
 
-        async def on_replies(message: AbstractIncomingMessage) -> None:
-            await self._track(
-                replies.deliver(
-                    message,
-                    lambda m: decode_reply(
-                        RawMessage.from_amqp(m), max_bytes=max_bytes, max_depth=max_depth
-                    ),
-                    on_reply,
-                )
-            )
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                await self._track(consumer.deliver(message, decoded, handle))
+
+            return on_message
+
+        on_events = callback(events, decode_event, on_event)
+        on_replies = callback(replies, decode_reply, on_reply)
 
         with _broker_errors("consume"):
-            for queue, callback in (
+            for queue, on_message in (
                 (self._events_queue, on_events),
                 (self._replies_queue, on_replies),
             ):
-                tag = await queue.consume(callback)
+                tag = await queue.consume(on_message)
                 self._consumers.append((queue, tag))
 
     async def _track(self, delivery: Awaitable[None]) -> None:

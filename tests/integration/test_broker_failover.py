@@ -73,7 +73,7 @@ async def test_no_broker_answering_fails_the_connect() -> None:
         await broker.connect()
 
 
-async def test_a_confirm_that_never_comes_times_out(prefix: str) -> None:
+async def test_a_confirm_that_never_comes_times_out(prefix: str, broker: Broker) -> None:
     proxy = await Proxy().start()
     broker = RabbitBroker(proxy.url(), prefix=prefix, publish_timeout=0.5)
     await broker.connect()

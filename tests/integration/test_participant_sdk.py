@@ -125,9 +125,10 @@ async def broker(amqp_url: str, prefix: str) -> AsyncIterator[Broker]:
             f"{prefix}.inventory.commands",
             f"{prefix}.payments.commands",
             f"{prefix}.shipping.commands",
+            exchanges.unrouted,
         ):
             await channel.queue_delete(queue)
-        for name in (exchanges.events, exchanges.commands, exchanges.replies):
+        for name in (exchanges.events, exchanges.commands, exchanges.replies, exchanges.unrouted):
             await channel.exchange_delete(name)
         await channel.exchange_delete(exchanges.dead_letter)
         await connection.close()
