@@ -4,11 +4,14 @@ headers are refused with a reason, never with an uncaught exception."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from coordinator.adapters.rabbit import returned_reply
 from coordinator.adapters.wire import RawMessage, decode_event, decode_reply
+from coordinator.engine.state import Command
 from participants._delivery import BadCommand, decode_command
 from schemas.codec import BadMessage, Limits, decode_object, parse_idempotency_key
 
@@ -127,3 +130,23 @@ def test_other_idempotency_keys_are_refused(key: str) -> None:
         decode_command(
             body=b"{}", headers=headers, message_type="r", routing_key=None, reply_to=None
         )
+
+
+def test_a_returned_command_stands_for_a_retryable_participant_unavailable() -> None:
+    command = Command(
+        message_id="s-1:reserve:action:3",
+        routing_key="inventory.reserve",
+        type="reserve",
+        reply_to="coordinator",
+        timestamp=datetime.now(UTC),
+        headers=dict(REPLY_HEADERS, **{"x-saga-attempt": 3}),
+        body={},
+    )
+    reply = returned_reply(command)
+    assert reply is not None
+    assert (reply.saga_id, reply.step, reply.kind, reply.attempt) == ("s-1", "reserve", "action", 3)
+    assert reply.reply.status == "failed"
+    assert reply.reply.error.code == "participant_unavailable"
+    assert reply.reply.error.retryable is True
+    broken = command.model_copy(update={"headers": {"x-saga-id": "s-1"}})
+    assert returned_reply(broken) is None
