@@ -210,14 +210,20 @@ class Consumer:
             except BadMessage as bad:
                 await self.dead_letter(message, bad.reason, bad.category)
                 return
+            except Exception as exc:  # a bug in decoding: bounded tries, like any other
+                await self._failed(message, exc)
+                return
             await self._handle(message, decoded, handle)
-        except Exception:  # settling failed: the channel is gone, the broker redelivers
+        except Exception:
+            # Settling failed, most likely because the channel is gone (then the broker
+            # redelivers the message). Should the channel still be open, give the message
+            # back; aio-pika refuses, without a word to the broker, to settle it twice.
             self._log.warning(
-                "%s: message %s left to the broker to redeliver",
-                self.label,
-                message.message_id,
-                exc_info=True,
+                "%s: could not settle message %s", self.label, message.message_id, exc_info=True
             )
+            await asyncio.sleep(self.policy.delay)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
 
     async def _handle(
         self, message: AbstractIncomingMessage, decoded: T, handle: Handle[T]
