@@ -15,7 +15,6 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from participants import Participant
 from schemas.envelope import HEADER_REJECTION, REPLY_COPIED_HEADERS
-from schemas.topology import declare_exchanges, queue_arguments
 from tests.integration.helpers import (
     Broker,
     Coordinator,
@@ -43,14 +42,7 @@ steps:
 
 async def manual_queue(broker: Broker) -> AbstractQueue:
     """The command queue of a participant the test plays by hand."""
-    declared = await declare_exchanges(broker.channel, broker.exchanges)
-    queue = await broker.channel.declare_queue(
-        f"{broker.prefix}.manual.commands",
-        durable=True,
-        arguments=queue_arguments(broker.exchanges),
-    )
-    await queue.bind(declared.commands, routing_key="manual.*")
-    return queue
+    return await broker.silent_participant("manual")
 
 
 async def next_command(queue: AbstractQueue, within: float = 10.0) -> AbstractIncomingMessage:
