@@ -294,6 +294,7 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
         f"{prefix}.coordinator.events",
         f"{prefix}.coordinator.replies",
         f"{prefix}.dead-letter",
+        exchanges.unrouted,
     ]
     queues += [
         f"{prefix}.{name}.commands"
@@ -310,6 +311,7 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
                 exchanges.commands,
                 exchanges.replies,
                 exchanges.dead_letter,
+                exchanges.unrouted,
             ):
                 await channel.exchange_delete(exchange)
     with contextlib.suppress(Exception):
