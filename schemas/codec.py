@@ -21,8 +21,10 @@ a float without a word. The checks, in order, each before the work it protects:
    MongoDB and every encoder downstream would fail): looked for only when an escape of one
    appears in the text.
 
-On a machine of this project's CI, the checks cost ~1.3x ``json.loads`` alone on a typical
-reply (300 bytes) and ~1.1x on a 1 MiB body of nested objects.
+Measured on this project's 2-core development machine (best of 3): a 182-byte reply,
+9 µs against 5 µs for ``json.loads`` alone; 880 KB of flat strings, 3.1 ms against 2.4 ms;
+780 KB holding 36,000 arrays and objects (the depth scan's worst case), 49 ms against 25 ms;
+100,000 nested arrays refused in 0.1 s.
 """
 
 from __future__ import annotations
