@@ -39,11 +39,16 @@ from coordinator.console import install_console
 from coordinator.definitions.loader import load_definition
 from coordinator.engine.engine import Options
 from coordinator.engine.messages import ReplyReceived
-from coordinator.errors import AdapterError, DefinitionConflict, DefinitionError
+from coordinator.errors import (
+    AdapterError,
+    DefinitionConflict,
+    DefinitionError,
+    InputRejected,
+)
 from coordinator.logging import configure_logging
 from coordinator.metrics import SagaMetrics
 from coordinator.otel import OtelUnavailable, build_spans
-from coordinator.service import MessageRejected, SagaService
+from coordinator.service import SagaBusy, SagaService
 from coordinator.settings import CoordinatorSettings
 
 __all__ = ["register_files", "run", "serve"]
@@ -143,7 +148,12 @@ async def serve(
         reply_to=settings.reply_to,
         prefetch=settings.prefetch,
         max_message_bytes=settings.max_message_bytes,
+        max_json_depth=settings.max_json_depth,
         max_deliveries=settings.max_deliveries,
+        retry_delay=settings.retry_delay,
+        max_retry_delay=settings.max_retry_delay,
+        publish_timeout=settings.publish_timeout,
+        transient=lambda exc: isinstance(exc, SagaBusy),
         observer=metrics,
     )
     try:
@@ -209,7 +219,7 @@ async def _run_until_stopped(
             await service.on_event(
                 event.event_type, event.body, event.message_id, event.traceparent
             )
-        except MessageRejected as rejected:
+        except InputRejected as rejected:
             return rejected.reason
         return None
 
@@ -222,8 +232,14 @@ async def _run_until_stopped(
             at=utc_now(),
             message_id=reply.message_id,
         )
-        await service.on_reply(reply.saga_id, received)
+        try:
+            await service.on_reply(reply.saga_id, received)
+        except InputRejected as rejected:
+            return rejected.reason
         return None
+
+    returns = _Returns(on_reply, settings.retry_delay, settings.max_retry_delay)
+    broker.on_returned = returns.submit
 
     server = _Server(
         uvicorn.Config(
@@ -267,6 +283,7 @@ async def _run_until_stopped(
     await asyncio.wait([stopped, http], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping: no new messages; finishing those in flight")
     await broker.stop_consuming(settings.shutdown_grace)
+    await returns.drain(settings.shutdown_grace)
     for task in loops[1:]:
         task.cancel()
     await asyncio.gather(*loops[1:], return_exceptions=True)
@@ -280,6 +297,49 @@ async def _run_until_stopped(
     await asyncio.gather(loops[0], http, stopped, return_exceptions=True)
     if server.failed:
         raise OSError(f"cannot serve HTTP on {settings.http_host}:{settings.http_port}")
+
+
+class _Returns:
+    """Feeds the failed attempts of returned commands to the reply handler, in the background.
+
+    A return arrives while the transition that published the command is still publishing,
+    so it cannot be applied in line. Each runs in a task of its own: an unavailable
+    dependency is retried with backoff, anything else is logged. A failure that is never
+    applied (the process stops first) leaves the attempt to its timeout.
+    """
+
+    def __init__(
+        self, handle: Callable[[IncomingReply], Awaitable[object]], delay: float, max_delay: float
+    ) -> None:
+        self._handle = handle
+        self._delay = delay
+        self._max_delay = max_delay
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, reply: IncomingReply) -> None:
+        task = asyncio.create_task(self._apply(reply), name="returned-command")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply(self, reply: IncomingReply) -> None:
+        pause = self._delay
+        while True:
+            try:
+                await self._handle(reply)
+                return
+            except (AdapterError, SagaBusy) as exc:
+                log.warning("returned command of saga %s: %s; retrying", reply.saga_id, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, self._max_delay)
+            except Exception:
+                log.exception("applying the return of a command of saga %s failed", reply.saga_id)
+                return
+
+    async def drain(self, grace: float) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
 
 
 async def _every(

@@ -275,6 +275,7 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
         f"{prefix}.coordinator.events",
         f"{prefix}.coordinator.replies",
         f"{prefix}.dead-letter",
+        exchanges.unrouted,
     ]
     queues += [f"{prefix}.{module.NAME}.commands" for module in EXAMPLES]
     with contextlib.suppress(Exception):
@@ -288,6 +289,7 @@ async def _cleanup(settings: CoordinatorSettings, store: MongoSagaStore) -> None
                 exchanges.commands,
                 exchanges.replies,
                 exchanges.dead_letter,
+                exchanges.unrouted,
             ):
                 await channel.exchange_delete(exchange)
     with contextlib.suppress(Exception):

@@ -6,6 +6,7 @@
     ├── UnknownDefinition        no definition of that name (and version) is registered
     ├── DefinitionUnloadable     a stored definition no longer passes validation
     ├── SagaNotFound             no saga instance has that id
+    ├── InputRejected            a message's content cannot be applied (``reason``)
     ├── EngineError
     │   └── InvalidTransition    our bug: the engine was called with inputs it cannot take
     └── AdapterError
@@ -16,6 +17,17 @@
 
 Driver exceptions (pymongo, aio-pika) never travel above ``coordinator/adapters``: the
 adapters re-raise them as ``AdapterError`` subclasses, chained with ``from``.
+
+Handling a message (``schemas.consuming``, shared with the participant SDK) sorts what
+happened into three outcomes:
+
+* the input is bad — ``schemas.codec.BadMessage`` from the codec, ``InputRejected`` from a
+  handler: dead-lettered with the reason in ``x-saga-rejection``, never redelivered;
+* a dependency is unavailable — ``AdapterError`` (and contention, ``SagaBusy``): the
+  message is held and retried with backoff until it goes through;
+* anything else is a bug: logged with its traceback, counted in ``/metrics``
+  (``saga_message_failures_total``), tried ``max_deliveries`` times in all, then
+  dead-lettered with the error.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ __all__ = [
     "DefinitionError",
     "DefinitionUnloadable",
     "EngineError",
+    "InputRejected",
     "InvalidTransition",
     "SagaError",
     "SagaNotFound",
@@ -86,6 +99,14 @@ class SagaNotFound(SagaError):
     def __init__(self, saga_id: str) -> None:
         self.saga_id = saga_id
         super().__init__(f"no saga with id {saga_id!r}")
+
+
+class InputRejected(SagaError):
+    """A message (or request) that cannot be applied: rejected with ``reason``, not retried."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class EngineError(SagaError):

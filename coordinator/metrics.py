@@ -73,6 +73,7 @@ DEAD_LETTER_CATEGORIES = (
     "too_large",
     "not_json",
     "not_object",
+    "too_deep",
     "missing_routing_key",
     "missing_header",
     "bad_header",
@@ -346,6 +347,17 @@ class SagaMetrics:
             ["queue", "category"],
             registry=r,
         )
+        self.message_failures = Counter(
+            "saga_message_failures",
+            "Unexpected errors (bugs) while handling a message, by queue; each try counts.",
+            ["queue"],
+            registry=r,
+        )
+        self.returned_commands = Counter(
+            "saga_commands_returned",
+            "Commands the broker returned: no queue bound for their participant.",
+            registry=r,
+        )
         self.confirm_latency = Histogram(
             "saga_publish_confirm_seconds",
             "From publishing a command to the broker's confirm.",
@@ -390,6 +402,12 @@ class SagaMetrics:
 
     def confirmed(self, seconds: float) -> None:
         self.confirm_latency.observe(seconds)
+
+    def handler_failed(self, queue: str) -> None:
+        self.message_failures.labels(queue).inc()
+
+    def returned(self) -> None:
+        self.returned_commands.inc()
 
     # -- scrape time -----------------------------------------------------------------------
     def set_in_flight(self, counts: Mapping[tuple[str, str], int]) -> None:

@@ -21,6 +21,8 @@ class CoordinatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SAGA_", env_nested_delimiter="__", extra="ignore")
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    """One broker, or several nodes of a cluster comma-separated: connect to the first that
+    answers, fail over to the next on every reconnection."""
     mongodb_url: str = "mongodb://127.0.0.1:27017"
     mongodb_database: str = "saga"
     http_host: str = "127.0.0.1"
@@ -36,8 +38,19 @@ class CoordinatorSettings(BaseSettings):
     """The routing key of the coordinator's replies queue on the replies exchange."""
     prefetch: int = Field(default=64, ge=1, le=10_000)
     max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """A message body over this many bytes is dead-lettered."""
+    max_json_depth: int = Field(default=64, ge=1, le=1000)
+    """A message body whose arrays and objects nest deeper than this is dead-lettered."""
     max_deliveries: int = Field(default=5, ge=1, le=1000)
-    """A message that fails this many deliveries for an unexpected reason is dead-lettered."""
+    """A message whose handling fails this many times for an unexpected reason (a bug) is
+    dead-lettered with the error; the tries are counted by the coordinator (``x-saga-tries``),
+    not by the broker."""
+    retry_delay: float = Field(default=1.0, gt=0, le=60)
+    """Seconds before a message is tried again after a bug, and the first pause while MongoDB
+    or RabbitMQ is unavailable (doubling up to ``max_retry_delay``)."""
+    max_retry_delay: float = Field(default=30.0, gt=0, le=600)
+    publish_timeout: float = Field(default=15.0, gt=0, le=600)
+    """Seconds to wait for the broker's confirm of a published message."""
     timer_interval: float = Field(default=0.2, gt=0)
     """Seconds between two polls for due timers."""
     timer_lease: float = Field(default=30.0, gt=0)

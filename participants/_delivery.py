@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from schemas.codec import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    BadMessage,
+    Limits,
+    attempt_header,
+    decode_object,
+    header_text,
+    parse_idempotency_key,
+)
 from schemas.envelope import (
     DEFAULT_REPLY_TO,
     HEADER_ATTEMPT,
@@ -20,24 +29,26 @@ from schemas.envelope import (
     idempotency_key,
 )
 
-__all__ = ["MAX_BODY_BYTES", "BadCommand", "Command", "Delivery", "decode_command"]
+__all__ = ["MAX_BODY_BYTES", "MAX_DEPTH", "BadCommand", "Command", "Delivery", "decode_command"]
 
 #: The size limit of a command body (SPEC §3).
-MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_BYTES = DEFAULT_MAX_BYTES
+#: The nesting limit of a command body (SPEC §3).
+MAX_DEPTH = DEFAULT_MAX_DEPTH
 
 _REQUIRED = (HEADER_SAGA_ID, HEADER_STEP, HEADER_KIND, HEADER_ATTEMPT, HEADER_IDEMPOTENCY_KEY)
 
 
-class BadCommand(Exception):
+class BadCommand(BadMessage):
     """A message that breaks the contract; it is dead-lettered, never retried.
 
     Args:
         reason: Why, as put in the ``x-saga-rejection`` header.
+        category: A fixed word for the kind of breach.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, reason: str, category: str = "bad_header") -> None:
+        super().__init__(reason, category)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +60,8 @@ class Delivery:
         step: The step name.
         kind: ``action`` or ``compensation``.
         attempt: 1, 2, … for this step and kind.
-        idempotency_key: The same for every attempt of this step and kind.
+        idempotency_key: The same for every attempt of this step and kind;
+            ``<saga>:<step>:<kind>:r<n>`` after the n-th operator retry (a new request).
         deadline: When the coordinator stops waiting, if it said so.
         headers: All the command's headers, as received (byte strings decoded).
         command: The command name.
@@ -86,29 +98,11 @@ class Command:
     reply_to: str
 
 
-def _text(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", errors="replace")
-    return value
-
-
 def _required_text(headers: Mapping[str, Any], name: str) -> str:
-    value = headers[name]
+    value = headers.get(name)
     if not isinstance(value, str) or not value:
         raise BadCommand(f"header {name} must be a non-empty string")
     return value
-
-
-def _attempt(value: Any) -> int:
-    if isinstance(value, bool):
-        raise BadCommand(f"header {HEADER_ATTEMPT} must be an integer >= 1")
-    try:
-        attempt = int(value)
-    except (TypeError, ValueError):
-        raise BadCommand(f"header {HEADER_ATTEMPT} must be an integer >= 1") from None
-    if attempt < 1:
-        raise BadCommand(f"header {HEADER_ATTEMPT} must be an integer >= 1")
-    return attempt
 
 
 def _deadline(value: Any) -> datetime | None:
@@ -132,6 +126,7 @@ def decode_command(
     reply_to: str | None,
     message_id: str | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    max_depth: int = MAX_DEPTH,
 ) -> Command:
     """Decode one command message according to SPEC §3.
 
@@ -144,6 +139,7 @@ def decode_command(
         reply_to: The AMQP ``reply_to`` property.
         message_id: The AMQP ``message_id`` property.
         max_body_bytes: The body size limit.
+        max_depth: The body nesting limit.
 
     Returns:
         The decoded command.
@@ -151,32 +147,37 @@ def decode_command(
     Raises:
         BadCommand: The message breaks the contract.
     """
-    if len(body) > max_body_bytes:
-        raise BadCommand(f"body of {len(body)} bytes exceeds the limit of {max_body_bytes}")
-    decoded = {str(k): _text(v) for k, v in (headers or {}).items()}
+    decoded = {str(k): (header_text(v) or v) for k, v in (headers or {}).items()}
     missing = [name for name in _REQUIRED if decoded.get(name) in (None, "")]
     if missing:
-        raise BadCommand(f"missing headers: {', '.join(missing)}")
+        raise BadCommand(f"missing headers: {', '.join(missing)}", "missing_header")
     kind = decoded[HEADER_KIND]
     if kind not in ("action", "compensation"):
-        raise BadCommand(f"header {HEADER_KIND} must be 'action' or 'compensation', got {kind!r}")
+        shown = repr(kind)[:40]
+        raise BadCommand(f"header {HEADER_KIND} must be 'action' or 'compensation', got {shown}")
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadCommand(f"body is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise BadCommand(f"body must be a JSON object, got {type(payload).__name__}")
+        payload = decode_object(body, Limits(max_body_bytes, max_depth))
+        attempt = attempt_header(decoded)
+    except BadMessage as bad:
+        raise BadCommand(bad.reason, bad.category) from None
+    saga_id = _required_text(decoded, HEADER_SAGA_ID)
+    step = _required_text(decoded, HEADER_STEP)
+    key = _required_text(decoded, HEADER_IDEMPOTENCY_KEY)
+    try:
+        parse_idempotency_key(key, saga_id, step, "action" if kind == "action" else "compensation")
+    except BadMessage as bad:
+        raise BadCommand(bad.reason, bad.category) from None
     command = message_type or ""
     if not command and routing_key:
         command = routing_key.split(".", 1)[-1]
     if not command:
         raise BadCommand("the command name is missing (no type property and no routing key)")
     delivery = Delivery(
-        saga_id=_required_text(decoded, HEADER_SAGA_ID),
-        step=_required_text(decoded, HEADER_STEP),
+        saga_id=saga_id,
+        step=step,
         kind="action" if kind == "action" else "compensation",
-        attempt=_attempt(decoded[HEADER_ATTEMPT]),
-        idempotency_key=_required_text(decoded, HEADER_IDEMPOTENCY_KEY),
+        attempt=attempt,
+        idempotency_key=key,
         deadline=_deadline(decoded.get(HEADER_DEADLINE)),
         headers=decoded,
         command=command,

@@ -4,6 +4,11 @@ Theory of operation, for one command with idempotency key K:
 
 1. No handler for the command (for its kind) → ``unknown_command``, not retryable. Not
    stored: nothing ran, and a later deployment may know the command.
+1b. Past its ``x-deadline`` → not executed: the stored outcome if K has one, else
+   ``deadline_exceeded``, retryable, not stored. The coordinator has stopped waiting for
+   this attempt and ignores the reply (it only counts it in the saga's history), unless the
+   two clocks disagree and it still waits: then the reply moves it on at once instead of at
+   its timeout, and a later attempt runs the handler.
 2. A final record for K → its stored reply, without calling the handler.
 3. Claim K (see ``_store``). If another delivery holds a live claim on K — a duplicate
    arriving while the first copy still runs — this one *waits*, polling, until the record
@@ -29,6 +34,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from participants._delivery import Command, Delivery
@@ -114,6 +120,8 @@ class Executor:
             log.warning("unknown %s command %r (known: %s)", d.kind, d.command, known)
             message = f"{self.name} has no {d.kind} {d.command!r}; known: {known}"
             return failed(ReplyError(code="unknown_command", message=message))
+        if d.deadline is not None and datetime.now(UTC) >= d.deadline:
+            return await self._past_deadline(d, log)
         claim = await self._claim(d, log)
         if isinstance(claim, dict):
             return claim
@@ -131,6 +139,15 @@ class Executor:
             await asyncio.shield(self.store.release(claim))
             raise
         return await self._settle(claim, body, final, log)
+
+    async def _past_deadline(self, d: Delivery, log: ContextLogger) -> dict[str, Any]:
+        record = await self.store.get(d.idempotency_key)
+        if record is not None and record.final and record.reply is not None:
+            return record.reply
+        assert d.deadline is not None
+        log.warning("past its deadline %s: not executed", d.deadline.isoformat())
+        message = f"the command arrived after its deadline {d.deadline.isoformat()}"
+        return failed(ReplyError(code="deadline_exceeded", message=message, retryable=True))
 
     async def _claim(self, d: Delivery, log: ContextLogger) -> Claim | dict[str, Any]:
         fields = {"saga_id": d.saga_id, "step": d.step, "kind": d.kind, "command": d.command}

@@ -1,15 +1,21 @@
 """``Participant``: the AMQP side of the SDK — topology, consuming, replying, dead-lettering.
 
-Acknowledgement policy, per command:
+Acknowledgement policy, per command — the taxonomy of ``schemas.consuming``, shared with
+the coordinator:
 
-* contract broken (body not a JSON object, required header missing, body too large) → a
-  copy goes to the dead-letter exchange with ``x-saga-rejection`` stating why (publisher
-  confirmed), then the command is acked: it is never redelivered in a loop;
+* contract broken (``schemas.codec``: body not a JSON object, too large or too deep, a
+  required header missing or unparsable) → a copy goes to the dead-letter exchange with
+  ``x-saga-rejection`` stating why (publisher confirmed), then the command is acked: it is
+  never redelivered in a loop;
 * otherwise the outcome is computed (``_execution``), stored when final, the reply is
   published and confirmed, and only then the command is acked;
-* an infrastructure failure on the way (MongoDB or RabbitMQ unavailable) → the command is
-  nacked back to the queue after a short pause; the quorum queue's delivery limit bounds
-  the redeliveries, then dead-letters it.
+* MongoDB or RabbitMQ unavailable on the way → the command is held and tried again with
+  backoff (1 s doubling to 30 s) until they answer;
+* any other error (a bug in the SDK's path, not in a handler: a handler's exceptions become
+  failed replies) → logged with its traceback, tried ``delivery_limit`` times in all
+  (counted by the SDK in ``x-saga-tries``, whatever the broker version), then dead-lettered.
+
+``SAGA_AMQP_URL`` may list several brokers, comma-separated (``schemas.brokers``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -34,17 +41,42 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from pymongo import AsyncMongoClient
+from pymongo.errors import ConnectionFailure
 
-from participants._delivery import MAX_BODY_BYTES, BadCommand, Command, decode_command
+from participants._delivery import MAX_BODY_BYTES, MAX_DEPTH, Command, decode_command
 from participants._execution import ContextLogger, Executor, Handler
 from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore, checked_retention
 from participants.settings import ParticipantSettings
-from schemas.envelope import HEADER_REJECTION, REPLY_COPIED_HEADERS, Exchanges
-from schemas.topology import DeclaredExchanges, declare_exchanges, queue_arguments
+from schemas.brokers import connect, redacted, split_urls
+from schemas.consuming import Consumer, RetryPolicy, original_routing_key
+from schemas.envelope import REPLY_COPIED_HEADERS, Exchanges
+from schemas.topology import (
+    DeclaredExchanges,
+    declare_exchanges,
+    declare_unrouted,
+    queue_arguments,
+)
 
 __all__ = ["Participant"]
 
 logger = logging.getLogger("participants")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means MongoDB or RabbitMQ is unavailable (hold and retry).
+
+    ``WriteError``, ``DocumentTooLarge`` or ``InvalidDocument`` are not outages: retrying
+    cannot help them, so they count as bugs (bounded tries, then dead-lettered).
+    """
+    return isinstance(
+        exc,
+        ConnectionFailure
+        | aio_pika.exceptions.AMQPConnectionError
+        | aiormq.exceptions.ConnectionClosed
+        | aiormq.exceptions.ChannelInvalidStateError
+        | ConnectionError
+        | TimeoutError,
+    )
 
 
 class Participant:
@@ -52,16 +84,19 @@ class Participant:
 
     Args:
         name: The participant's name; commands are routed to it as ``<name>.<command>``.
-        amqp_url: The RabbitMQ URL.
+        amqp_url: The RabbitMQ URL, or several comma-separated (the nodes of a cluster):
+            the first that answers is used, the next on every reconnection.
         mongodb_url: The MongoDB URL of the idempotency records.
         database: The MongoDB database holding them.
         prefix: The exchange name prefix (SPEC §3).
         queue: The command queue's name; default ``<name>.commands``.
         prefetch: How many commands are handled concurrently.
-        delivery_limit: Deliveries of one command before the broker dead-letters it.
+        delivery_limit: Tries of a command whose handling fails unexpectedly before it is
+            dead-lettered (counted by the SDK); also the queue's delivery limit, a backstop.
         lease: Seconds a claim on an idempotency key holds without renewal; a crashed
             claimant's key is taken over after it.
         max_body_bytes: The command body size limit.
+        max_depth: The command body nesting limit.
         collection: The collection of the idempotency records.
         record_retention: How long an idempotency record is kept once final (succeeded,
             failed, or a tombstone); MongoDB's TTL monitor deletes it afterwards, and a
@@ -95,6 +130,7 @@ class Participant:
         delivery_limit: int = 5,
         lease: float = 30.0,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_depth: int = MAX_DEPTH,
         collection: str = "participant_outcomes",
         record_retention: timedelta | None = DEFAULT_RECORD_RETENTION,
         stop_timeout: float = 10.0,
@@ -107,9 +143,10 @@ class Participant:
         self.prefetch = prefetch
         self.delivery_limit = delivery_limit
         self.max_body_bytes = max_body_bytes
+        self.max_depth = max_depth
         self.stop_timeout = stop_timeout
-        self.requeue_delay = 1.0
-        self._amqp_url = amqp_url
+        self.policy = RetryPolicy(max_tries=delivery_limit)
+        self._amqp_urls = split_urls(amqp_url)
         self._mongodb_url = mongodb_url
         self._database = database
         self._collection = collection
@@ -122,6 +159,7 @@ class Participant:
         self._declared: DeclaredExchanges | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._consumer: Consumer | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -139,6 +177,7 @@ class Participant:
             delivery_limit=s.delivery_limit,
             lease=s.lease_seconds,
             max_body_bytes=s.max_body_bytes,
+            max_depth=s.max_json_depth,
             record_retention=s.record_retention,
         )
 
@@ -201,24 +240,54 @@ class Participant:
         self._executor.store = store
         try:
             await store.ensure_indexes()
-            self._connection = await aio_pika.connect_robust(self._amqp_url)
+            self._connection = await connect(
+                self._amqp_urls, client_properties={"connection_name": f"participant {self.name}"}
+            )
             self._channel = await self._connection.channel(publisher_confirms=True)
             await self._channel.set_qos(prefetch_count=self.prefetch)
-            self._declared = await declare_exchanges(self._channel, self.exchanges)
+            events_arguments = await declare_unrouted(self._connection, self.exchanges)
+            self._declared = await declare_exchanges(
+                self._channel, self.exchanges, events_arguments=events_arguments
+            )
             self._queue = await self._channel.declare_queue(
                 self.queue_name,
                 durable=True,
                 arguments=queue_arguments(self.exchanges, delivery_limit=self.delivery_limit),
             )
             await self._queue.bind(self._declared.commands, routing_key=f"{self.name}.*")
+            self._consumer = Consumer(
+                self.queue_name,
+                self.name,
+                dead_letter=self._declared.dead_letter,
+                default_exchange=self._channel.default_exchange,
+                transient=unavailable,
+                policy=self.policy,
+                logger=logger,
+            )
             self._consumer_tag = await self._queue.consume(self._on_message)
         except BaseException:
             await self.stop()
             raise
-        logger.info("[%s] consuming %s", self.name, self.queue_name)
+        logger.info(
+            "[%s] consuming %s (bound to %s with %s.*), prefetch %d, broker %s",
+            self.name,
+            self.queue_name,
+            self.exchanges.commands,
+            self.name,
+            self.prefetch,
+            redacted(str(getattr(self._connection, "current_url", self._amqp_urls[0]))),
+        )
 
     async def stop(self) -> None:
         """Stop consuming, let commands in flight finish (up to ``stop_timeout``), close."""
+        if self._consumer is not None:
+            self._consumer.stopping = True
+            logger.info(
+                "[%s] stopping: %d commands in flight on %s",
+                self.name,
+                len(self._inflight),
+                self.queue_name,
+            )
         if self._queue is not None and self._consumer_tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._consumer_tag)
@@ -233,6 +302,7 @@ class Participant:
             with contextlib.suppress(Exception):
                 await self._connection.close()
         self._connection = self._channel = self._declared = self._queue = None
+        self._consumer = None
         if self._mongo is not None:
             await self._mongo.close()
         self._mongo = None
@@ -284,30 +354,26 @@ class Participant:
             logger.error("[%s] a command failed", self.name, exc_info=task.exception())
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        try:
-            command = decode_command(
-                body=message.body,
-                headers=message.headers,
-                message_type=message.type,
-                routing_key=message.routing_key,
-                reply_to=message.reply_to,
-                message_id=message.message_id,
-                max_body_bytes=self.max_body_bytes,
-            )
-        except BadCommand as exc:
-            await self._reject(message, exc.reason)
-            return
+        assert self._consumer is not None
+        await self._consumer.deliver(message, self._decode, self._answer)
+
+    def _decode(self, message: AbstractIncomingMessage) -> Command:
+        return decode_command(
+            body=message.body,
+            headers=message.headers,
+            message_type=message.type,
+            routing_key=original_routing_key(message),
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            max_body_bytes=self.max_body_bytes,
+            max_depth=self.max_depth,
+        )
+
+    async def _answer(self, command: Command) -> None:
         log = ContextLogger(logger, self.name, command.delivery)
-        try:
-            body = await self._executor.outcome(command, log)
-            if body is not None:
-                await self._reply(command, body)
-            await message.ack()
-        except Exception:
-            log.exception("could not handle the command: it goes back to the queue")
-            await asyncio.sleep(self.requeue_delay)
-            with contextlib.suppress(Exception):
-                await message.nack(requeue=True)
+        body = await self._executor.outcome(command, log)
+        if body is not None:
+            await self._reply(command, body)
 
     async def _reply(self, command: Command, body: dict[str, Any]) -> None:
         assert self._declared is not None
@@ -323,43 +389,9 @@ class Participant:
             timestamp=datetime.now(UTC),
             app_id=self.name,
         )
-        await self._declared.replies.publish(reply, routing_key=command.reply_to, mandatory=False)
-
-    async def _reject(self, message: AbstractIncomingMessage, reason: str) -> None:
-        assert self._declared is not None
-        logger.warning(
-            "[%s saga=%s step=%s] rejected command %s: %s",
-            self.name,
-            _header(message, "x-saga-id"),
-            _header(message, "x-saga-step"),
-            message.message_id,
-            reason,
+        await self._declared.replies.publish(
+            reply,
+            routing_key=command.reply_to,
+            mandatory=False,
+            timeout=self.policy.publish_timeout,
         )
-        headers = dict(message.headers or {})
-        headers[HEADER_REJECTION] = reason
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            correlation_id=message.correlation_id,
-            message_id=message.message_id,
-            type=message.type,
-            reply_to=message.reply_to,
-            timestamp=message.timestamp,
-        )
-        try:
-            await self._declared.dead_letter.publish(
-                copy, routing_key=message.routing_key or "", mandatory=False
-            )
-        except Exception:
-            logger.exception("[%s] could not dead-letter a copy: rejecting instead", self.name)
-            with contextlib.suppress(Exception):
-                await message.reject(requeue=False)
-            return
-        await message.ack()
-
-
-def _header(message: AbstractIncomingMessage, name: str) -> Any:
-    value = (message.headers or {}).get(name)
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

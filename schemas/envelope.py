@@ -17,11 +17,13 @@ __all__ = [
     "HEADER_IDEMPOTENCY_KEY",
     "HEADER_KIND",
     "HEADER_REJECTION",
+    "HEADER_ROUTING_KEY",
     "HEADER_SAGA_ID",
     "HEADER_SAGA_NAME",
     "HEADER_SAGA_VERSION",
     "HEADER_STEP",
     "HEADER_TRACEPARENT",
+    "HEADER_TRIES",
     "REPLY_COPIED_HEADERS",
     "Exchanges",
     "FailedReply",
@@ -30,7 +32,6 @@ __all__ = [
     "ReplyError",
     "SucceededReply",
     "idempotency_key",
-    "is_idempotency_key",
 ]
 
 HEADER_SAGA_ID = "x-saga-id"
@@ -43,6 +44,10 @@ HEADER_IDEMPOTENCY_KEY = "x-idempotency-key"
 HEADER_DEADLINE = "x-deadline"
 HEADER_TRACEPARENT = "traceparent"
 HEADER_REJECTION = "x-saga-rejection"
+#: Times a consumer's handler failed on this message (a copy put back to its queue).
+HEADER_TRIES = "x-saga-tries"
+#: The routing key a message put back to its queue was first published with.
+HEADER_ROUTING_KEY = "x-saga-routing-key"
 
 #: Headers a participant copies from a command onto its reply.
 REPLY_COPIED_HEADERS = (
@@ -71,16 +76,6 @@ def idempotency_key(saga_id: str, step: str, kind: Kind, retry: int = 0) -> str:
     return f"{base}:r{retry}" if retry else base
 
 
-def is_idempotency_key(key: str, saga_id: str, step: str, kind: Kind) -> bool:
-    """Whether ``key`` is one of the keys of this step and kind: ``<saga>:<step>:<kind>``,
-    or ``…:r<n>`` (n >= 1) after operator retries."""
-    base = idempotency_key(saga_id, step, kind)
-    if key == base:
-        return True
-    suffix = key.removeprefix(base + ":r")
-    return suffix != key and suffix.isascii() and suffix.isdigit() and not suffix.startswith("0")
-
-
 class Exchanges:
     """The four exchanges of SPEC §3, under a configurable prefix (default ``saga``)."""
 
@@ -90,6 +85,8 @@ class Exchanges:
         self.commands = f"{prefix}.commands"
         self.replies = f"{prefix}.replies"
         self.dead_letter = f"{prefix}.dead-letter"
+        #: The events exchange's alternate exchange, and the queue that keeps what it gets.
+        self.unrouted = f"{prefix}.unrouted"
 
 
 class ReplyError(BaseModel):

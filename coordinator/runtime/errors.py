@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from coordinator.errors import SagaError
+from coordinator.errors import InputRejected, SagaError
 
 __all__ = ["MessageRejected", "SagaBusy"]
 
 
-class MessageRejected(SagaError):
+class MessageRejected(InputRejected):
     """An incoming message cannot be applied; ``reason`` goes to the dead-letter queue."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 class SagaBusy(SagaError):

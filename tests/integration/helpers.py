@@ -25,12 +25,13 @@ from urllib.parse import urlsplit
 import aio_pika
 import httpx
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pymongo import AsyncMongoClient
 
 from coordinator.embedded import server_url, start_server
 from participants import Delivery, Participant
 from schemas.envelope import Exchanges
+from schemas.topology import declare_exchanges, queue_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("completed", "compensated", "failed")
@@ -226,11 +227,24 @@ class Broker:
                 found.append(message)
         return found
 
+    async def silent_participant(self, name: str) -> AbstractQueue:
+        """The command queue of a participant that never answers: its commands are routed
+        (not returned as ``participant_unavailable``) and then wait there."""
+        declared = await declare_exchanges(self.channel, self.exchanges)
+        queue = await self.channel.declare_queue(
+            f"{self.prefix}.{name}.commands",
+            durable=True,
+            arguments=queue_arguments(self.exchanges),
+        )
+        await queue.bind(declared.commands, routing_key=f"{name}.*")
+        return queue
+
     async def delete_topology(self, participant_queues: Iterable[str] = ()) -> None:
         queues = [
             f"{self.prefix}.coordinator.events",
             f"{self.prefix}.coordinator.replies",
             f"{self.prefix}.dead-letter",
+            f"{self.prefix}.unrouted",
             *participant_queues,
         ]
         for name in queues:
@@ -239,7 +253,7 @@ class Broker:
             except Exception:
                 self.channel = await self.channel.connection.channel()  # type: ignore[attr-defined]
         ex = self.exchanges
-        for name in (ex.events, ex.commands, ex.replies, ex.dead_letter):
+        for name in (ex.events, ex.commands, ex.replies, ex.dead_letter, ex.unrouted):
             try:
                 await self.channel.exchange_delete(name)
             except Exception:

@@ -162,10 +162,20 @@ async def _delete_topology(amqp_url: str, broker: RabbitBroker) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        for queue in (names.events_queue, names.replies_queue, names.dead_letter_queue):
-            await channel.queue_delete(queue)
         exchanges = names.exchanges
-        for exchange in (exchanges.events, exchanges.commands, exchanges.replies):
+        for queue in (
+            names.events_queue,
+            names.replies_queue,
+            names.dead_letter_queue,
+            exchanges.unrouted,
+        ):
+            await channel.queue_delete(queue)
+        for exchange in (
+            exchanges.events,
+            exchanges.commands,
+            exchanges.replies,
+            exchanges.unrouted,
+        ):
             await channel.exchange_delete(exchange)
         await channel.exchange_delete(exchanges.dead_letter)
 

@@ -125,9 +125,10 @@ async def broker(amqp_url: str, prefix: str) -> AsyncIterator[Broker]:
             f"{prefix}.inventory.commands",
             f"{prefix}.payments.commands",
             f"{prefix}.shipping.commands",
+            exchanges.unrouted,
         ):
             await channel.queue_delete(queue)
-        for name in (exchanges.events, exchanges.commands, exchanges.replies):
+        for name in (exchanges.events, exchanges.commands, exchanges.replies, exchanges.unrouted):
             await channel.exchange_delete(name)
         await channel.exchange_delete(exchanges.dead_letter)
         await connection.close()
@@ -354,7 +355,7 @@ async def test_malformed_commands_are_dead_lettered(
 async def test_oversized_command_is_dead_lettered(broker: Broker, inventory: Participant) -> None:
     await broker.send("reserve_stock", {"pad": "x" * (1024 * 1024)})
     dead = await next_message(broker.dead)
-    assert "exceeds the limit" in str(dead.headers[HEADER_REJECTION])
+    assert "over the limit" in str(dead.headers[HEADER_REJECTION])
     await assert_quiet(broker.replies)
 
 

@@ -267,11 +267,12 @@ async def test_saga_deadline_aborts_and_compensates(
     write(definitions_dir, "with-deadline", DEADLINE)
     coordinator = coordinators().start()
     recorder = Recorder()
-    a = participants("a")  # nobody serves "b": its command is never answered
+    a = participants("a")  # "b" never answers: its command is never answered
     a.action("reserve")(succeeding(recorder))
     a.compensation("release")(succeeding(recorder))
     async with running(a):
         await coordinator.wait_ready()
+        await broker.silent_participant("b")  # routed, so not returned as unavailable
         await broker.event("order.placed", {"order_id": "o-4"})
         [doc] = await sagas.wait_terminal(1, within=20)
     events = history_events(doc)

@@ -127,12 +127,13 @@ async def test_a_timer_due_while_down_fires_after_restart(
 ) -> None:
     write(definitions_dir, "down", DOWN)
     recorder = Recorder()
-    a = participants("a")  # nobody serves "b": the charge attempt can only time out
+    a = participants("a")  # "b" never answers: the charge attempt can only time out
     a.action("reserve")(succeeding(recorder))
     a.compensation("release")(succeeding(recorder))
     first = coordinators().start()
     async with running(a):
         await first.wait_ready()
+        await broker.silent_participant("b")  # routed, so not returned as unavailable
         await broker.event("order.placed", {"order_id": "o-1"})
         await sagas.wait(
             lambda d: len(d) == 1 and d[0]["steps"][1]["status"] == "running",

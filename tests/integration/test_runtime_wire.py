@@ -9,12 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from participants import Participant
 from schemas.envelope import HEADER_REJECTION, REPLY_COPIED_HEADERS
-from schemas.topology import declare_exchanges, queue_arguments
 from tests.integration.helpers import (
     Broker,
     Coordinator,
@@ -42,14 +42,7 @@ steps:
 
 async def manual_queue(broker: Broker) -> AbstractQueue:
     """The command queue of a participant the test plays by hand."""
-    declared = await declare_exchanges(broker.channel, broker.exchanges)
-    queue = await broker.channel.declare_queue(
-        f"{broker.prefix}.manual.commands",
-        durable=True,
-        arguments=queue_arguments(broker.exchanges),
-    )
-    await queue.bind(declared.commands, routing_key="manual.*")
-    return queue
+    return await broker.silent_participant("manual")
 
 
 async def next_command(queue: AbstractQueue, within: float = 10.0) -> AbstractIncomingMessage:
@@ -198,8 +191,15 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliverie
     broker: Broker,
     sagas: Sagas,
 ) -> None:
+    """The bound is the coordinator's own count, not the broker's delivery count.
+
+    Since RabbitMQ 4.3 a requeue by ``basic.nack`` no longer raises a quorum queue's
+    delivery count, so a guard on ``x-delivery-count`` never fires there. Each try here is a
+    fresh copy, delivered once: the broker never counts a redelivery (no ``x-delivery-count``
+    on the dead-lettered copy), and the bound still holds.
+    """
     write(definitions_dir, "manual", MANUAL)
-    coordinator = coordinators(SAGA_MAX_DELIVERIES="3").start()
+    coordinator = coordinators(SAGA_MAX_DELIVERIES="3", SAGA_RETRY_DELAY="0.1").start()
     await coordinator.wait_ready()
     queue = await manual_queue(broker)
     await broker.event("manual.go", {"id": "m-1"})
@@ -216,6 +216,16 @@ async def test_a_message_that_keeps_failing_is_dead_lettered_after_max_deliverie
     await broker.reply(ok, reply_headers(command), message_id="doomed")
     [dead] = await broker.dead_letters(1, within=20)
     assert dead.message_id == "doomed"
-    reason = str((dead.headers or {}).get(HEADER_REJECTION))
-    assert reason.startswith("failed 3 deliveries; last error: UnknownDefinition"), reason
+    headers = dead.headers or {}
+    reason = str(headers.get(HEADER_REJECTION))
+    assert reason.startswith("failed 3 tries; last error: UnknownDefinition"), reason
+    assert headers.get("x-saga-tries") == 2  # the copy of the second failure failed a third time
+    assert headers.get("x-delivery-count", 0) == 0  # never redelivered by the broker
+    assert dead.routing_key == "coordinator"  # the original routing key, not the queue's
+    assert await broker.dead_letters(1, within=2) == []  # once, not in a loop
+    async with httpx.AsyncClient(base_url=coordinator.url) as http:
+        text = (await http.get("/metrics")).text
+    assert 'saga_message_failures_total{queue="replies"} 3.0' in text
+    assert 'saga_dead_letters_total{category="delivery_limit",queue="replies"} 1.0' in text
     assert (await coordinator.terminate()) == 0
+    assert coordinator.log().count("Traceback") >= 3  # each failure logged with its traceback

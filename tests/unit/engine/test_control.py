@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from schemas.envelope import idempotency_key
+
 from .conversation import Conversation, definition, linear
 
 
@@ -215,12 +217,16 @@ def test_the_deadline_counts_from_the_start() -> None:
 
 
 def test_the_keys_of_a_step_and_kind_are_the_base_and_its_retry_variants() -> None:
-    from schemas.envelope import is_idempotency_key
+    import pytest
 
-    for key in ("s:a:action", "s:a:action:r1", "s:a:action:r12"):
-        assert is_idempotency_key(key, "s", "a", "action")
+    from schemas.codec import BadMessage, parse_idempotency_key
+
+    for key, retry in (("s:a:action", 0), ("s:a:action:r1", 1), ("s:a:action:r12", 12)):
+        assert parse_idempotency_key(key, "s", "a", "action") == retry
+        assert idempotency_key("s", "a", "action", retry) == key
     for key in ("s:a:action:r0", "s:a:action:r", "s:a:action:r1x", "s:a:compensation", "x"):
-        assert not is_idempotency_key(key, "s", "a", "action")
+        with pytest.raises(BadMessage):
+            parse_idempotency_key(key, "s", "a", "action")
 
 
 def test_x_deadline_is_the_earlier_of_the_attempt_timeout_and_the_saga_deadline() -> None:

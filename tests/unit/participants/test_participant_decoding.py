@@ -63,8 +63,8 @@ def test_deadline_is_parsed_as_utc() -> None:
     [
         (b"{nope", HEADERS, "not JSON"),
         (b"\xff\xfe", HEADERS, "not JSON"),
-        (b"[1]", HEADERS, "JSON object, got list"),
-        (b'"text"', HEADERS, "JSON object, got str"),
+        (b"[1]", HEADERS, "JSON list, not a JSON object"),
+        (b'"text"', HEADERS, "JSON str, not a JSON object"),
         (b"{}", {}, "missing headers: x-saga-id, x-saga-step"),
         (b"{}", None, "missing headers"),
         (b"{}", {**HEADERS, "x-saga-kind": "undo"}, "x-saga-kind"),
@@ -80,7 +80,7 @@ def test_bad_commands(body: bytes, headers: dict[str, Any] | None, reason: str) 
 
 
 def test_size_limit() -> None:
-    with pytest.raises(BadCommand, match="exceeds the limit of 10"):
+    with pytest.raises(BadCommand, match="over the limit of 10 bytes"):
         decode(b'{"a": "0123456789"}', max_body_bytes=10)
 
 
