@@ -63,7 +63,9 @@ async def test_operator_clicks_through_the_console(page: Page, shop: Shop) -> No
     # A failed saga (its compensation kept failing): mend the warehouse, retry, watch it end.
     await open_saga(page, shop, "o-broken")
     await expect(status_badge(page)).to_have_text("failed")
-    await expect(page.locator(".reason-box")).to_contain_text("warehouse_offline")
+    # The reason keeps the first cause; the exhausted compensation is in the steps and history.
+    await expect(page.locator(".reason-box")).to_contain_text("card_declined")
+    await expect(page.locator("table.history")).to_contain_text("warehouse_offline")
     shop.broken.clear()
     await page.get_by_role("button", name="Retry").click()
     await expect(page.get_by_role("status")).to_contain_text("Retry requested")
