@@ -124,8 +124,7 @@ async def test_groups_and_awaited_events_across_two_replicas(
         await broker.event("trip.requested", {"trip_id": "t-2"})
         await sagas.wait(
             lambda docs: (
-                (len(docs) == 2
-                and any(by_name(d)["payment"]["status"] == "waiting" for d in docs))
+                (len(docs) == 2 and any(by_name(d)["payment"]["status"] == "waiting" for d in docs))
                 or sum(d["status"] == "completed" for d in docs) == 2
             ),
             what="t-1 waiting",
