@@ -218,6 +218,12 @@ class ServiceCounters(Protocol):
     def outbox_cleared(self) -> int: ...
     @property
     def outbox_flushes(self) -> int: ...
+    @property
+    def events_matched(self) -> int: ...
+    @property
+    def events_buffered(self) -> int: ...
+    @property
+    def events_expired(self) -> int: ...
 
 
 SERVICE_COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -252,6 +258,23 @@ SERVICE_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "outbox_flushes",
         "saga_outbox_clear_batches",
         "Batched outbox clears sent to the store (one round trip each).",
+    ),
+    (
+        "events_matched",
+        "saga_events_matched",
+        "Await steps completed by an event (from the events exchange, the buffer or REST).",
+    ),
+    (
+        "events_buffered",
+        "saga_events_buffered",
+        "Awaited events kept in the buffer for steps that start waiting later (every event "
+        "of an awaited type is kept, then delivered to the sagas already waiting).",
+    ),
+    (
+        "events_expired",
+        "saga_events_expired",
+        "Kept events whose buffer time passed without completing any step, counted by "
+        "this process's sweep (each one by one replica only).",
     ),
 )
 """(``ServiceStats`` attribute, metric name without ``_total``, HELP) of every counter the

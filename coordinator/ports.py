@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from coordinator.engine.state import Command, ErrorInfo, SagaState
+from coordinator.engine.state import Awaiting, Command, ErrorInfo, SagaState
 from schemas.definition import SagaDefinition
 
 __all__ = [
     "MAX_LIMIT",
+    "BufferedEvent",
     "DuplicateSaga",
     "InvalidCursor",
     "Publisher",
@@ -25,6 +26,7 @@ __all__ = [
     "SagaRow",
     "SagaStore",
     "StoredDefinition",
+    "WaitingSaga",
 ]
 
 MAX_LIMIT = 500
@@ -40,6 +42,32 @@ class StoredDefinition:
     registered_at: datetime
     retired: bool = False
     """Retired: its trigger starts no saga, until a new version of its name is registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedEvent:
+    """An awaited event kept for the steps that start waiting for it later (SPEC §2.1)."""
+
+    id: str
+    """``<event type>:<message_id>``: a redelivered event is stored once."""
+    event_type: str
+    body: dict[str, Any]
+    message_id: str
+    """The event's own ``message_id``, or one the coordinator made for it on arrival."""
+    values: tuple[str | int | float, ...]
+    """The correlation values it may match (``await.match`` resolved against its body)."""
+    received_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingSaga:
+    """A running saga with a step waiting for an event (what correlation reads of it)."""
+
+    id: str
+    definition: str
+    definition_version: int
+    awaiting: list[Awaiting]
 
 
 class DuplicateSaga(Exception):
@@ -83,6 +111,44 @@ class SagaStore(Protocol):
 
     async def trigger_events(self) -> set[str]:
         """The trigger event of every stored version, retired or not (to unbind)."""
+        ...
+
+    async def awaiting_definitions(self) -> list[StoredDefinition]:
+        """Every stored version, retired or not, that has an ``await`` step and loads."""
+        ...
+
+    # -- awaited events (``coordinator.runtime.events``) ------------------------------
+    async def waiting_sagas(
+        self, event_type: str, values: Sequence[str | int | float], after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        """Running sagas with a step waiting for ``event_type`` and one of ``values``, by
+        id after ``after``: through the ``awaiting`` index, never a scan."""
+        ...
+
+    async def buffer_event(self, event: BufferedEvent) -> bool:
+        """Keep ``event`` until its ``expires_at``; False when its id is already kept."""
+        ...
+
+    async def buffered_events(
+        self, event_type: str, value: str | int | float, now: datetime, limit: int
+    ) -> list[BufferedEvent]:
+        """Kept events of ``event_type`` carrying ``value``, not expired, oldest first."""
+        ...
+
+    async def event_matched(self, event_id: str) -> None:
+        """Note that a kept event completed a step (it is then never counted expired)."""
+        ...
+
+    async def expire_events(self, now: datetime) -> int:
+        """Mark the kept events whose time has passed without completing any step; return
+        how many this call marked (each is marked once, whoever calls)."""
+        ...
+
+    async def recently_waiting(
+        self, since: datetime, after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        """Running sagas with a step that started waiting at or after ``since``, by id
+        after ``after``."""
         ...
 
     # -- instances ---------------------------------------------------------------------

@@ -127,6 +127,32 @@ class CancelRequest(_Request):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+class EventRequest(_Request):
+    event: str = Field(
+        min_length=1,
+        max_length=255,
+        description="The event type a waiting `await` step waits for, e.g. `order.approved`.",
+    )
+    body: dict[str, Any] = Field(
+        description="The event, a JSON object: it must carry the step's correlation value "
+        "(`await.match`), and becomes the step's output."
+    )
+    message_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="The event's id: the same id never completes two steps of a saga.",
+    )
+
+
+class AwaitOut(_Response):
+    """What a `waiting` step waits for."""
+
+    event: str = Field(description="The event type.")
+    value: str | int | float = Field(description="The correlation value it must carry.")
+    since: datetime = Field(description="When the step started waiting.")
+
+
 class ErrorOut(_Response):
     code: str
     message: str
@@ -148,6 +174,15 @@ class PhaseOut(_Response):
 class StepOut(_Response):
     name: str
     status: StepStatus
+    group: str | None = Field(default=None, description="The parallel group it belongs to.")
+    branch: str | None = Field(default=None, description="Its branch in that group.")
+    condition: bool | None = Field(
+        default=None,
+        description="Its `when` outcome (or its group's), once evaluated; null without one.",
+    )
+    awaiting: AwaitOut | None = Field(
+        default=None, description="What it waits for, while `waiting`."
+    )
     output: dict[str, Any] | None
     attempts: int
     error: ErrorOut | None

@@ -354,6 +354,13 @@ class SagaDefinition(_Model):
                 return leaf.step
         raise KeyError(name)
 
+    @cached_property
+    def awaited_events(self) -> frozenset[str]:
+        """The event types its ``await`` steps wait for."""
+        return frozenset(
+            leaf.step.awaits.event for leaf in self.leaves if isinstance(leaf.step, AwaitStep)
+        )
+
     def awaiting(self, event_type: str) -> list[AwaitStep]:
         """The await steps of this definition that wait for events of ``event_type``."""
         return [

@@ -13,9 +13,11 @@ document update is.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
+
+import bson
 
 from coordinator.adapters.mongo import (
     DEFAULT_MAX_SAGA_BYTES,
@@ -24,9 +26,11 @@ from coordinator.adapters.mongo import (
     encode_saga,
     stored_datetime,
 )
+from coordinator.adapters.mongo_errors import translate_errors
+from coordinator.engine.flow import same_value
 from coordinator.engine.state import SagaState
 from coordinator.errors import DefinitionConflict
-from coordinator.ports import DuplicateSaga, StoredDefinition
+from coordinator.ports import BufferedEvent, DuplicateSaga, StoredDefinition, WaitingSaga
 from schemas.definition import SagaDefinition
 
 __all__ = ["InMemorySagaStore"]
@@ -40,6 +44,8 @@ class InMemorySagaStore:
         self.definitions: dict[tuple[str, int], StoredDefinition] = {}
         self.sagas: dict[str, SagaState] = {}
         self._keys: dict[tuple[str, str], str] = {}
+        self.events: dict[str, tuple[BufferedEvent, str]] = {}
+        """Kept events by id, with their state (``buffered``, ``matched``, ``expired``)."""
 
     async def ensure_indexes(self) -> None:
         pass
@@ -101,6 +107,87 @@ class InMemorySagaStore:
             for stored in self.definitions.values()
             if stored.definition.trigger is not None
         }
+
+    async def awaiting_definitions(self) -> list[StoredDefinition]:
+        return [
+            stored
+            for _, stored in sorted(self.definitions.items())
+            if stored.definition.awaited_events
+        ]
+
+    # -- awaited events -----------------------------------------------------------------
+    def _waiting(
+        self, matches: Callable[[SagaState], bool], after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        found = sorted(
+            (s for s in self.sagas.values() if s.status == "running" and s.awaiting and matches(s)),
+            key=lambda s: s.id,
+        )
+        return [
+            WaitingSaga(s.id, s.definition, s.definition_version, list(s.awaiting))
+            for s in found
+            if after is None or s.id > after
+        ][: max(limit, 0)]
+
+    async def waiting_sagas(
+        self, event_type: str, values: Sequence[str | int | float], after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        def matches(state: SagaState) -> bool:
+            return any(
+                entry.event == event_type and any(same_value(entry.value, v) for v in values)
+                for entry in state.awaiting
+            )
+
+        return self._waiting(matches, after, limit)
+
+    async def recently_waiting(
+        self, since: datetime, after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        since = stored_datetime(since)
+        return self._waiting(
+            lambda state: any(entry.since >= since for entry in state.awaiting), after, limit
+        )
+
+    async def buffer_event(self, event: BufferedEvent) -> bool:
+        if event.id in self.events:
+            return False
+        with translate_errors("keep an awaited event"):
+            bson.encode({"body": event.body})  # what MongoDB would refuse
+        kept = dataclasses.replace(
+            event,
+            received_at=stored_datetime(event.received_at),
+            expires_at=stored_datetime(event.expires_at),
+        )
+        self.events[event.id] = (kept, "buffered")
+        return True
+
+    async def buffered_events(
+        self, event_type: str, value: str | int | float, now: datetime, limit: int
+    ) -> list[BufferedEvent]:
+        found = [
+            event
+            for event, _ in self.events.values()
+            if event.event_type == event_type
+            and event.expires_at > now
+            and any(same_value(value, v) for v in event.values)
+        ]
+        found.sort(key=lambda event: event.received_at)
+        return found[: max(limit, 0)]
+
+    async def event_matched(self, event_id: str) -> None:
+        kept = self.events.get(event_id)
+        if kept is not None and kept[1] == "buffered":
+            self.events[event_id] = (kept[0], "matched")
+
+    async def expire_events(self, now: datetime) -> int:
+        expired = [
+            event_id
+            for event_id, (event, state) in self.events.items()
+            if state == "buffered" and event.expires_at <= now
+        ]
+        for event_id in expired:
+            self.events[event_id] = (self.events[event_id][0], "expired")
+        return len(expired)
 
     # -- instances ----------------------------------------------------------------------
     async def insert_saga(self, state: SagaState) -> None:

@@ -2,8 +2,10 @@
 
 Theory of operation
 -------------------
-Two collections. ``definitions`` holds one immutable document per (name, version)
-(``mongo_definitions.MongoDefinitions``, to which the store delegates).
+Three collections. ``definitions`` holds one immutable document per (name, version)
+(``mongo_definitions.MongoDefinitions``, to which the store delegates); ``event_buffer``
+keeps awaited events, and the ``awaiting`` index of ``sagas`` finds the sagas an event
+completes (``mongo_events.MongoEventBuffer``, delegated to as well).
 
 ``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
 counter: ``save_saga`` is a replace filtered on the expected revision.
@@ -82,9 +84,10 @@ from coordinator.adapters.mongo_errors import (
     translate_errors,
     write_error,
 )
+from coordinator.adapters.mongo_events import MongoEventBuffer
 from coordinator.engine.state import SagaState
 from coordinator.errors import AdapterError, StoreUnavailable
-from coordinator.ports import DuplicateSaga, StoredDefinition
+from coordinator.ports import BufferedEvent, DuplicateSaga, StoredDefinition, WaitingSaga
 from schemas.definition import SagaDefinition
 
 __all__ = [
@@ -232,6 +235,7 @@ class MongoSagaStore:
         self._db = db
         self._sagas: AsyncCollection[Document] = db["sagas"]
         self._definitions = MongoDefinitions(db["definitions"])
+        self._events = MongoEventBuffer(self._sagas, db["event_buffer"])
         self._writes: GroupCommit[_Write, bool] = GroupCommit(
             self._write_batch, max_batch=max_batch, max_in_flight=writes_in_flight
         )
@@ -275,6 +279,7 @@ class MongoSagaStore:
                 if name in existing:
                     await self._sagas.drop_index(name)
             await self._definitions.ensure_indexes()
+            await self._events.ensure_indexes()
 
     async def ping(self) -> None:
         with translate_errors("answer a ping"):
@@ -302,6 +307,34 @@ class MongoSagaStore:
 
     async def trigger_events(self) -> set[str]:
         return await self._definitions.trigger_events()
+
+    async def awaiting_definitions(self) -> list[StoredDefinition]:
+        return await self._definitions.awaiting()
+
+    # -- awaited events (``MongoEventBuffer``) ------------------------------------------
+    async def waiting_sagas(
+        self, event_type: str, values: Sequence[str | int | float], after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        return await self._events.waiting_sagas(event_type, values, after, limit)
+
+    async def recently_waiting(
+        self, since: datetime, after: str | None, limit: int
+    ) -> list[WaitingSaga]:
+        return await self._events.recently_waiting(since, after, limit)
+
+    async def buffer_event(self, event: BufferedEvent) -> bool:
+        return await self._events.buffer_event(event)
+
+    async def buffered_events(
+        self, event_type: str, value: str | int | float, now: datetime, limit: int
+    ) -> list[BufferedEvent]:
+        return await self._events.buffered_events(event_type, value, now, limit)
+
+    async def event_matched(self, event_id: str) -> None:
+        await self._events.event_matched(event_id)
+
+    async def expire_events(self, now: datetime) -> int:
+        return await self._events.expire_events(now)
 
     # -- instances ----------------------------------------------------------------------
     @staticmethod

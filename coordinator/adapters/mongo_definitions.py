@@ -72,6 +72,9 @@ class MongoDefinitions:
         self._cache: dict[tuple[str, int], StoredDefinition] = {}
         self._unloadable: set[str] = set()
         """Ids of documents that failed to load (each logged once)."""
+        self._awaiting: dict[str, StoredDefinition | None] = {}
+        """By document id: the version if it has an ``await`` step, else None (it loads
+        no more once known: definitions never change)."""
 
     async def ensure_indexes(self) -> None:
         await self._coll.create_index(
@@ -167,6 +170,29 @@ class MongoDefinitions:
             if key[0] == name:
                 self._cache[key] = dataclasses.replace(cached, retired=True)
         return result.matched_count > 0
+
+    async def awaiting(self) -> list[StoredDefinition]:
+        """Every stored version (retired ones too) with an ``await`` step that loads.
+
+        One listing of ids per call; only the versions not seen before are read in full.
+        """
+        with translate_errors("list the definitions' ids"):
+            ids = [doc["_id"] for doc in await self._coll.find({}, {"_id": 1}).to_list()]
+        unseen = [doc_id for doc_id in ids if doc_id not in self._awaiting]
+        if unseen:
+            with translate_errors("read definitions"):
+                docs = await self._coll.find({"_id": {"$in": unseen}}).to_list()
+            for doc in docs:
+                loaded = self._loaded([doc])
+                if loaded and loaded[0].definition.awaited_events:
+                    self._awaiting[doc["_id"]] = loaded[0]
+                elif loaded:
+                    self._awaiting[doc["_id"]] = None
+        return [
+            self._cache.get((stored.definition.name, stored.definition.version), stored)
+            for doc_id in ids
+            if (stored := self._awaiting.get(doc_id)) is not None
+        ]
 
     async def trigger_events(self) -> set[str]:
         with translate_errors("list the trigger events"):

@@ -67,6 +67,17 @@ class SagaCommands(Protocol):
         gets a fresh trace."""
         ...
 
+    async def definition(self, name: str, version: int | None = None) -> SagaDefinition:
+        """One definition (the latest when ``version`` is None)."""
+        ...
+
+    async def deliver_event(
+        self, saga_id: str, event: str, body: dict[str, Any], message_id: str | None
+    ) -> Transition:
+        """Complete this saga's step waiting for ``event`` (``refused`` when none does, or
+        the body does not match); raises ``SagaNotFound``."""
+        ...
+
     async def cancel(self, saga_id: str, reason: str) -> Transition: ...
 
     async def retry(self, saga_id: str) -> Transition: ...

@@ -1,4 +1,4 @@
-"""``/v1/sagas``: start, list, read, cancel and retry saga instances.
+"""``/v1/sagas``: start, list, read, cancel, retry saga instances and deliver events.
 
 Reads go to the store (one instance) and to the listing queries (pages); every change goes
 through the service, which runs the engine and persists the transition with its commands.
@@ -16,11 +16,14 @@ from coordinator.api.auth import AuthorizedRoute
 from coordinator.api.context import ApiContext, get_context
 from coordinator.api.problems import PROBLEM_JSON, ApiProblem
 from coordinator.engine.messages import Transition
-from coordinator.engine.state import ErrorInfo, Phase, SagaState, StepState
+from coordinator.engine.state import Awaiting, ErrorInfo, Phase, SagaState, StepState
+from coordinator.errors import SagaError
 from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaRow
 from schemas.api import (
+    AwaitOut,
     CancelRequest,
     ErrorOut,
+    EventRequest,
     HistoryEntryOut,
     HistoryOut,
     PhaseOut,
@@ -32,6 +35,7 @@ from schemas.api import (
     StartSagaRequest,
     StepOut,
 )
+from schemas.definition import Leaf, SagaDefinition
 
 __all__ = ["router", "saga_out"]
 
@@ -62,11 +66,22 @@ def _phase(phase: Phase) -> PhaseOut:
     )
 
 
-def _step(step: StepState) -> StepOut:
+def _step(state: SagaState, step: StepState, leaf: Leaf | None) -> StepOut:
     action = step.action
+    group = leaf.group if leaf is not None else None
+    condition = state.conditions.get(step.name)
+    if condition is None and group is not None:
+        condition = state.conditions.get(group)
+    waits: Awaiting | None = next((a for a in state.awaiting if a.step == step.name), None)
     return StepOut(
         name=step.name,
         status=step.status,
+        group=group,
+        branch=leaf.branch if leaf is not None else None,
+        condition=condition,
+        awaiting=None
+        if waits is None
+        else AwaitOut(event=waits.event, value=waits.value, since=waits.since),
         output=step.output,
         attempts=action.attempt,
         error=_error(action.error),
@@ -77,7 +92,9 @@ def _step(step: StepState) -> StepOut:
     )
 
 
-def saga_out(state: SagaState) -> SagaOut:
+def saga_out(state: SagaState, definition: SagaDefinition | None = None) -> SagaOut:
+    """The saga's view; with its definition, each step names its group and branch."""
+    leaves = {leaf.step.name: leaf for leaf in definition.leaves} if definition else {}
     return SagaOut(
         id=state.id,
         definition=state.definition,
@@ -89,8 +106,17 @@ def saga_out(state: SagaState) -> SagaOut:
         created_at=state.created_at,
         updated_at=state.updated_at,
         input=state.input,
-        steps=[_step(step) for step in state.steps],
+        steps=[_step(state, step, leaves.get(step.name)) for step in state.steps],
     )
+
+
+async def _view(context: ApiContext, state: SagaState) -> SagaOut:
+    """``saga_out`` with the saga's definition, or without it when it does not load."""
+    try:
+        definition = await context.service.definition(state.definition, state.definition_version)
+    except SagaError:
+        definition = None
+    return saga_out(state, definition)
 
 
 def _summary(row: SagaRow) -> SagaSummary:
@@ -131,10 +157,10 @@ def _not_found(saga_id: str) -> ApiProblem:
     return ApiProblem(404, f"no saga with id {saga_id!r}", slug="saga-not-found")
 
 
-def _accepted(transition: Transition) -> SagaOut:
+async def _accepted(context: ApiContext, transition: Transition) -> SagaOut:
     if transition.refused is not None:
         raise ApiProblem(409, transition.refused, slug="transition-refused")
-    return saga_out(transition.state)
+    return await _view(context, transition.state)
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -175,7 +201,7 @@ async def start_saga(
     )
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/sagas/{state.id}"
-    return saga_out(state)
+    return await _view(context, state)
 
 
 @router.get(
@@ -213,7 +239,7 @@ async def get_saga(saga_id: SagaId, context: Context) -> SagaOut:
     state = await context.store.load_saga(saga_id)
     if state is None:
         raise _not_found(saga_id)
-    return saga_out(state)
+    return await _view(context, state)
 
 
 @router.get(
@@ -242,7 +268,7 @@ async def get_history(saga_id: SagaId, context: Context) -> HistoryOut:
     responses={404: _PROBLEM, 409: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
 )
 async def cancel_saga(saga_id: SagaId, body: CancelRequest, context: Context) -> SagaOut:
-    return _accepted(await context.service.cancel(saga_id, body.reason))
+    return await _accepted(context, await context.service.cancel(saga_id, body.reason))
 
 
 @router.post(
@@ -253,4 +279,19 @@ async def cancel_saga(saga_id: SagaId, body: CancelRequest, context: Context) ->
     responses={404: _PROBLEM, 409: _PROBLEM, 503: _PROBLEM},
 )
 async def retry_saga(saga_id: SagaId, context: Context) -> SagaOut:
-    return _accepted(await context.service.retry(saga_id))
+    return await _accepted(context, await context.service.retry(saga_id))
+
+
+@router.post(
+    "/{saga_id}/events",
+    response_model=SagaOut,
+    status_code=202,
+    summary="Deliver an event to the saga's waiting `await` step (e.g. a person's approval)",
+    dependencies=JsonBody,
+    responses={404: _PROBLEM, 409: _PROBLEM, 415: _PROBLEM, 422: _PROBLEM, 503: _PROBLEM},
+)
+async def deliver_event(saga_id: SagaId, body: EventRequest, context: Context) -> SagaOut:
+    transition = await context.service.deliver_event(
+        saga_id, body.event, body.body, body.message_id
+    )
+    return await _accepted(context, transition)

@@ -2,11 +2,13 @@
 
 Definitions are immutable per (name, version), so one read of each is enough. The latest
 version of every name is reloaded by ``refresh`` (a background loop, and after each
-registration or retirement). The binder then makes the broker's bindings exactly the
-trigger events of the latest, not retired, definitions: it binds those, and unbinds every
-other trigger event any stored version ever had (a definition that lost its trigger, or was
-retired). A stored definition that fails to load is skipped by the store, never stopping
-the others.
+registration or retirement), and so is every stored version that has an ``await`` step,
+retired or not: a running saga of any of them may be waiting. The binder then makes the
+broker's bindings exactly the trigger events of the latest, not retired, definitions plus
+the event types any of those versions awaits: it binds those, and unbinds every other
+event type any stored version ever triggered or awaited (a definition that lost its
+trigger, or was retired). A stored definition that fails to load is skipped by the store,
+never stopping the others.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import datetime, timedelta
 
 from coordinator.errors import UnknownDefinition
 from coordinator.ports import SagaStore
-from schemas.definition import SagaDefinition
+from schemas.definition import AwaitStep, SagaDefinition
 
 __all__ = ["DefinitionCatalog", "TriggerBinder"]
 
@@ -39,6 +41,8 @@ class DefinitionCatalog:
         self._binder = binder
         self._definitions: dict[tuple[str, int], SagaDefinition] = {}
         self._latest: list[SagaDefinition] = []
+        self._awaiting: list[SagaDefinition] = []
+        """Every stored version with an ``await`` step (retired ones too)."""
         self._loaded_at: datetime | None = None
 
     async def get(self, name: str, version: int | None = None) -> SagaDefinition:
@@ -53,16 +57,20 @@ class DefinitionCatalog:
         return found
 
     async def refresh(self) -> set[str]:
-        """Reload the latest definitions; bind exactly their trigger events, return them."""
+        """Reload the latest definitions and the versions that await events; bind exactly
+        the event types they trigger or await, and return them."""
         latest = await self._store.latest_definitions()
-        for stored in latest:
+        awaiting = await self._store.awaiting_definitions()
+        for stored in [*latest, *awaiting]:
             found = stored.definition
             self._definitions[(found.name, found.version)] = found
         self._latest = [stored.definition for stored in latest if not stored.retired]
+        self._awaiting = [stored.definition for stored in awaiting]
         self._loaded_at = self._clock()
-        events = {d.trigger.event for d in self._latest if d.trigger is not None}
+        awaited = {event for d in self._awaiting for event in d.awaited_events}
+        events = {d.trigger.event for d in self._latest if d.trigger is not None} | awaited
         if self._binder is not None:
-            await self._binder(events, await self._store.trigger_events())
+            await self._binder(events, await self._store.trigger_events() | awaited)
         return events
 
     async def register(self, definition: SagaDefinition, source: str) -> str:
@@ -81,6 +89,22 @@ class DefinitionCatalog:
     def triggered_by(self, event_type: str) -> list[SagaDefinition]:
         """The latest definitions that ``event_type`` starts."""
         return [d for d in self._latest if d.trigger is not None and d.trigger.event == event_type]
+
+    def awaiting(self, event_type: str) -> list[tuple[SagaDefinition, AwaitStep]]:
+        """Every (definition version, step) that waits for events of ``event_type``."""
+        return [(d, step) for d in self._awaiting for step in d.awaiting(event_type)]
+
+    def longest_buffer(self) -> timedelta | None:
+        """The longest ``await.buffer`` of every version that awaits events (None: none)."""
+        return max(
+            (
+                leaf.step.awaits.buffer
+                for d in self._awaiting
+                for leaf in d.leaves
+                if isinstance(leaf.step, AwaitStep)
+            ),
+            default=None,
+        )
 
     def stale(self, age: timedelta) -> bool:
         """Whether the latest definitions were loaded more than ``age`` ago (or never)."""

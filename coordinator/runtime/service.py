@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,7 @@ from coordinator.engine.messages import (
     TriggerRepeated,
 )
 from coordinator.engine.state import SagaState
-from coordinator.errors import SagaNotFound, UnstorableData
+from coordinator.errors import AdapterError, SagaNotFound, UnstorableData
 from coordinator.logging import saga_extra
 from coordinator.metrics import SagaMetrics
 from coordinator.otel import TransitionObserver
@@ -37,6 +38,7 @@ from coordinator.ports import DuplicateSaga, Publisher, SagaStore
 from coordinator.runtime.cache import DEFAULT_STATE_CACHE_BYTES, StateCache
 from coordinator.runtime.definitions import DefinitionCatalog, TriggerBinder
 from coordinator.runtime.errors import MessageRejected
+from coordinator.runtime.events import AwaitedEvents
 from coordinator.runtime.outbox import Outbox
 from coordinator.runtime.stats import ServiceStats
 from coordinator.runtime.transitions import TransitionRunner
@@ -96,6 +98,14 @@ class SagaService:
             stats=self.stats,
             observers=[o for o in (metrics, spans) if o is not None],
             conflict_retries=conflict_retries,
+        )
+        self.events = AwaitedEvents(
+            store,
+            definitions=self.definitions,
+            runner=self.runner,
+            clock=clock,
+            new_id=new_id,
+            stats=self.stats,
         )
 
     # -- definitions ------------------------------------------------------------------
@@ -163,6 +173,7 @@ class SagaService:
             extra=saga_extra(state.id, state.history[-1].step if state.history else None),
         )
         await self.outbox.publish(transition.commands)
+        await self.runner.waited(replace(transition, state=state))
         return state, True
 
     async def on_event(
@@ -172,20 +183,29 @@ class SagaService:
         message_id: str | None,
         traceparent: str | None,
     ) -> int:
-        """Start one saga per latest definition triggered by ``event_type``.
+        """Start one saga per latest definition triggered by ``event_type``, and complete
+        the steps waiting for it (``AwaitedEvents``): an event may do both.
 
         Returns how many instances were created; raises ``MessageRejected`` when a
-        definition's trigger key or input cannot be resolved from the event, or the saga
-        it would start cannot be stored.
+        definition's trigger key or input cannot be resolved from the event, the saga it
+        would start cannot be stored, or the event cannot be kept for the steps that await
+        it (or stored in a saga it completes).
         """
         matching = self.definitions.triggered_by(event_type)
-        if not matching and self.definitions.stale(timedelta(seconds=1)):
+        awaited = self.events.awaited(event_type)
+        if not matching and not awaited and self.definitions.stale(timedelta(seconds=1)):
             await self.definitions.refresh()
             matching = self.definitions.triggered_by(event_type)
-        if not matching:
-            log.info("event %s (%s) triggers no definition", event_type, message_id)
+            awaited = self.events.awaited(event_type)
+        if not matching and not awaited:
+            log.info("event %s (%s) triggers and completes nothing", event_type, message_id)
             return 0
         problems: list[str] = []
+        if awaited:
+            try:
+                await self.events.on_event(event_type, body, message_id)
+            except MessageRejected as rejected:
+                problems.append(rejected.reason)
         created = 0
         for definition in matching:
             assert definition.trigger is not None
@@ -234,6 +254,13 @@ class SagaService:
             )
             return None
 
+    async def deliver_event(
+        self, saga_id: str, event: str, body: dict[str, Any], message_id: str | None
+    ) -> Transition:
+        """``POST /v1/sagas/{id}/events``: complete this saga's step waiting for ``event``;
+        ``refused`` when none waits for it or the body does not match."""
+        return await self.events.deliver(saga_id, event, body, message_id)
+
     async def cancel(self, saga_id: str, reason: str) -> Transition:
         return await self.runner.apply(saga_id, lambda at: CancelRequested(reason=reason, at=at))
 
@@ -241,7 +268,12 @@ class SagaService:
         return await self.runner.apply(saga_id, lambda at: RetryRequested(at=at))
 
     async def fire_due_timers(self) -> int:
-        """Claim the instances whose ``wake_at`` has come and fire their timers."""
+        """Claim the instances whose ``wake_at`` has come and fire their timers; every few
+        seconds, also sweep the event buffer (``AwaitedEvents.sweep``)."""
+        try:
+            await self.events.sweep()
+        except AdapterError as exc:
+            log.warning("event buffer sweep: %s", exc)
         claimed = await self._store.claim_due(self._clock(), self._timer_lease, self._batch)
         if not claimed:
             return 0

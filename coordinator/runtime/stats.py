@@ -18,3 +18,6 @@ class ServiceStats:
     timers_fired: int = 0
     outbox_cleared: int = 0
     outbox_flushes: int = 0
+    events_matched: int = 0
+    events_buffered: int = 0
+    events_expired: int = 0

@@ -86,6 +86,9 @@ class TransitionRunner:
         self.before_save: Callable[[SagaState], Awaitable[None]] | None = None
         """A seam for tests: awaited between the engine's answer and the save, with the
         state about to be saved (e.g. to hold one replica while another commits)."""
+        self.on_waiting: Callable[[Transition], Awaitable[None]] | None = None
+        """Awaited after a saved transition that made steps wait (``Transition.awaiting``),
+        outside the saga's lock: the buffer look-up of ``runtime.events``."""
 
     async def apply(
         self,
@@ -98,7 +101,14 @@ class TransitionRunner:
     ) -> Transition:
         """Apply ``make_input(now)`` to the saga, after any transition of it in flight here."""
         async with self._serial.hold(saga_id):
-            return await self._apply(saga_id, make_input, first, delivered, stop_unstorable)
+            transition = await self._apply(saga_id, make_input, first, delivered, stop_unstorable)
+        await self.waited(transition)
+        return transition
+
+    async def waited(self, transition: Transition) -> None:
+        """Hand a saved transition that made steps wait to ``on_waiting``."""
+        if transition.awaiting and transition.changed and self.on_waiting is not None:
+            await self.on_waiting(transition)
 
     async def _apply(
         self,

@@ -330,6 +330,9 @@ SERVICE_SERIES = {
     "timers_fired": "saga_timers_fired_total",
     "outbox_cleared": "saga_outbox_entries_cleared_total",
     "outbox_flushes": "saga_outbox_clear_batches_total",
+    "events_matched": "saga_events_matched_total",
+    "events_buffered": "saga_events_buffered_total",
+    "events_expired": "saga_events_expired_total",
 }
 
 
@@ -390,6 +393,9 @@ async def test_the_service_counters_are_exported_at_scrape_time() -> None:
         "saga_timers_fired_total": 1,
         "saga_outbox_entries_cleared_total": 1,  # the completion's save dropped do_b's entry
         "saga_outbox_clear_batches_total": 1,
+        "saga_events_matched_total": 0,  # no await step: the events' counters stay at zero
+        "saga_events_buffered_total": 0,
+        "saga_events_expired_total": 0,
     }
     assert {
         name: getattr(first.stats, attribute) for attribute, name in SERVICE_SERIES.items()
