@@ -41,7 +41,7 @@ exception travels above ``coordinator/adapters``.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,12 +64,6 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
 )
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 
 from coordinator.adapters.batching import GroupCommit
 from coordinator.adapters.mongo_definitions import MongoDefinitions, definition_hash
@@ -84,6 +78,7 @@ from coordinator.adapters.mongo_errors import (
 )
 from coordinator.adapters.mongo_indexes import DUE, RETIRED_INDEXES, STORE_INDEXES, UNPUBLISHED
 from coordinator.adapters.mongo_updates import saga_update
+from coordinator.adapters.monitor import RoundTripCounter
 from coordinator.engine.state import SagaState
 from coordinator.errors import AdapterError, StoreUnavailable, UnstorableData
 from coordinator.ports import DuplicateSaga, StoredDefinition
@@ -187,29 +182,6 @@ def as_stored(state: SagaState) -> SagaState:
 
 
 # -- round trips and errors ---------------------------------------------------------------
-class RoundTripCounter(CommandListener):
-    """Counts the commands a client sends, by command name (``update``, ``find``, …)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def reset(self) -> None:
-        self.counts.clear()
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
-
-
 def make_client(
     url: str, *, counter: RoundTripCounter | None = None, **kwargs: Any
 ) -> AsyncMongoClient[Document]:

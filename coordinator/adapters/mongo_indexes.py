@@ -49,6 +49,7 @@ __all__ = [
     "UNPUBLISHED",
     "awaited_query",
     "indexed_paths",
+    "saga_index_paths",
 ]
 
 EVER = datetime(1, 1, 1, tzinfo=UTC)
@@ -121,3 +122,8 @@ def indexed_paths(models: list[IndexModel]) -> list[tuple[str, ...]]:
         fields += list(document.get("partialFilterExpression", {}))
         paths.append(tuple(dict.fromkeys(fields)))
     return paths
+
+
+def saga_index_paths() -> dict[str, list[tuple[str, ...]]]:
+    """The ``sagas`` collection's indexes as ``RoundTripCounter`` takes them."""
+    return {"sagas": [("_id",), *indexed_paths([*STORE_INDEXES, *LISTING_INDEXES])]}
