@@ -65,7 +65,7 @@ from pymongo.errors import (
     ConnectionFailure,
 )
 
-from coordinator.adapters.batching import GroupCommit
+from schemas.batching import GroupCommit
 from coordinator.adapters.mongo_definitions import MongoDefinitions, definition_hash
 from coordinator.adapters.mongo_errors import (
     DEFAULT_MAX_SAGA_BYTES,
