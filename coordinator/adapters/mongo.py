@@ -65,7 +65,6 @@ from pymongo.errors import (
     ConnectionFailure,
 )
 
-from schemas.batching import GroupCommit
 from coordinator.adapters.mongo_definitions import MongoDefinitions, definition_hash
 from coordinator.adapters.mongo_errors import (
     DEFAULT_MAX_SAGA_BYTES,
@@ -82,6 +81,7 @@ from coordinator.adapters.monitor import RoundTripCounter
 from coordinator.engine.state import SagaState
 from coordinator.errors import AdapterError, StoreUnavailable, UnstorableData
 from coordinator.ports import DuplicateSaga, StoredDefinition
+from schemas.batching import GroupCommit
 from schemas.definition import SagaDefinition
 
 __all__ = [
