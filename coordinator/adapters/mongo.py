@@ -6,14 +6,17 @@ Two collections. ``definitions`` holds one immutable document per (name, version
 (``mongo_definitions.MongoDefinitions``, to which the store delegates).
 
 ``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
-counter: ``save_saga`` is a replace filtered on the expected revision.
+counter: ``save_saga`` is a write filtered on the expected revision, an update of what
+changed since the state the transition started from (``mongo_updates.saga_update``) where
+that is smaller than the document, else a replace. Its indexes, one per query, are in
+``mongo_indexes``.
 
 Inserts and saves are group-committed (``GroupCommit``): the writes that arrive while one
 batch is in flight leave together as one unordered ``bulk_write``, so under load a round
 trip carries many transitions, and a quiet service still writes each one at once. An
-insert's outcome is its own (a duplicate key comes back per item). The replaces' matched
-count is one figure for the batch: when it falls short of the number of replaces, one read
-of ``write_token`` — a random token each save writes — tells which replaces won. A replace
+insert's outcome is its own (a duplicate key comes back per item). The saves' matched
+count is one figure for the batch: when it falls short of the number of saves, one read
+of ``write_token`` — a random token each save writes — tells which saves won. A save
 that won but was overwritten by another writer before that read is reported lost; the
 service then recomputes the transition from a fresh read (the engine ignores what is
 already applied), and the relay sends the won save's commands: slower, never wrong. A
