@@ -15,10 +15,18 @@ import os
 import signal
 from typing import Any
 
+from pymongo import monitoring
+
+from coordinator.adapters.monitor import RoundTripCounter
 from participants import Delivery, Participant, StepError
 from participants._delivery import Command
 
 NAMES = ("alpha", "beta", "gamma")
+
+#: The SDK's database work, counted on every client (registered before any is made): its
+#: records' collection has the ``_id`` index and the TTL index on ``expires_at``.
+DATABASE = RoundTripCounter({"participant_outcomes": [("_id",), ("expires_at",)]})
+monitoring.register(DATABASE)
 
 
 class CountingParticipant(Participant):
@@ -71,7 +79,13 @@ async def _main() -> None:
         for participant in running:
             with contextlib.suppress(Exception):
                 await participant.stop()
-    print(json.dumps({"replies": CountingParticipant.replies}), flush=True)
+    database = {
+        "round_trips": DATABASE.total,
+        "writes": DATABASE.write_statements,
+        "write_bytes": DATABASE.write_bytes,
+        "index_entries": DATABASE.index_writes,
+    }
+    print(json.dumps({"replies": CountingParticipant.replies, "db": database}), flush=True)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ _TERMINAL = re.compile(r"→ (completed|compensated|failed) \[saga_id=(\w+)")
 _STOPPED = re.compile(
     r"stopped: (\d+) transitions, (\d+) conflicts retried, (\d+) commands published, "
     r"(\d+) relayed, (\d+) timers fired, (\d+) MongoDB commands, (\d+) outbox entries cleared"
+    r"(?:, (\d+) write statements, (\d+) bytes written, (\d+) index entries maintained)?"
 )
 
 
@@ -99,8 +100,12 @@ class CoordinatorLog:
             self.running = True
             self.progress.set()
         elif (stop := _STOPPED.search(line)) is not None:
-            names = ("transitions", "conflicts", "published", "relayed", "timers", "db", "cleared")
-            self.stopped = dict(zip(names, map(int, stop.groups()), strict=True))
+            names = (
+                *("transitions", "conflicts", "published", "relayed", "timers", "db", "cleared"),
+                *("db_writes", "db_write_bytes", "db_index_entries"),
+            )
+            values = [int(value) if value is not None else -1 for value in stop.groups()]
+            self.stopped = dict(zip(names, values, strict=True))
 
 
 async def _read_lines(stream: asyncio.StreamReader, sink: CoordinatorLog) -> None:
@@ -207,7 +212,16 @@ async def _run_coordinator(setup: Setup, workdir: Path, participants_module: str
     replies = json.loads((await participants.stdout.read()).decode().strip() or "{}")
     if log.stopped is None:
         raise RuntimeError("no shutdown totals in the coordinator's log:\n" + "\n".join(log.tail))
-    return _coordinator_figures(setup, result, log.stopped, int(replies.get("replies", 0)))
+    figures = _coordinator_figures(setup, result, log.stopped, int(replies.get("replies", 0)))
+    if "db" in replies:  # the SDK participants' own database work, per command
+        sdk, commands = replies["db"], figures["commands_published"] or 1
+        figures["participants_db"] = {
+            "round_trips_per_command": round(sdk["round_trips"] / commands, 3),
+            "writes_per_command": round(sdk["writes"] / commands, 3),
+            "write_bytes_per_command": round(sdk["write_bytes"] / commands, 1),
+            "index_entries_per_command": round(sdk["index_entries"] / commands, 3),
+        }
+    return figures
 
 
 async def _drive(
@@ -290,6 +304,9 @@ def _coordinator_figures(
         "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
         "db_round_trips": totals["db"],
         "db_round_trips_per_transition": round(totals["db"] / transitions, 3),
+        "db_writes_per_transition": round(totals["db_writes"] / transitions, 3),
+        "db_write_bytes_per_transition": round(totals["db_write_bytes"] / transitions, 1),
+        "db_index_entries_per_transition": round(totals["db_index_entries"] / transitions, 3),
         "commands_published": commands,
         "replies_published": replies,
         "commands_per_step": round(commands / steps, 3),
@@ -483,10 +500,31 @@ async def bench(setup: Setup, fresh_server: bool, participants: str) -> dict[str
         "cpu_per_transition_le_2x_floor": ratios["cpu_per_transition"] <= 2.0,
         "throughput_ge_70pct_floor": ratios["throughput_sagas"] >= 0.7,
     }
+    db_ratio = _db_cpu_ratio(ours, floor)
+    if db_ratio is not None:
+        ratios["db_server_cpu_per_saga"] = db_ratio
+        targets["db_server_cpu_per_saga_le_3x_floor"] = db_ratio <= 3.0
+    targets["throughput_ge_50pct_floor"] = ratios["throughput_sagas"] >= 0.5
     result = {"coordinator": ours, "floor": floor, "ratios": ratios, "targets": targets}
     if len(runs) > 1:
-        result["with_sdk"] = {**runs[1], "ratios": _ratios(runs[1], floor)}
+        sdk_ratios = _ratios(runs[1], floor)
+        sdk_ratios["throughput_of_echo_phase"] = _ratio(runs[1]["sagas_per_s"], ours["sagas_per_s"])
+        sdk_db = _db_cpu_ratio(runs[1], floor)
+        if sdk_db is not None:
+            sdk_ratios["db_server_cpu_per_saga"] = sdk_db
+        targets["sdk_throughput_ge_75pct_echo"] = sdk_ratios["throughput_of_echo_phase"] >= 0.75
+        result["with_sdk"] = {**runs[1], "ratios": sdk_ratios}
     return result
+
+
+def _db_cpu_ratio(ours: dict[str, Any], floor: dict[str, Any]) -> float | None:
+    """The database server's CPU per saga, ours ÷ the floor's (embedded server only)."""
+    if "db_server_cpu_s" not in ours or "db_server_cpu_s" not in floor:
+        return None
+    sagas = ours["sagas_completed"] + ours["sagas_compensated"] + ours["sagas_failed"]
+    ours["db_server_cpu_ms_per_saga"] = round(ours["db_server_cpu_s"] / sagas * 1000, 2)
+    floor["db_server_cpu_ms_per_saga"] = round(floor["db_server_cpu_s"] / floor["sagas"] * 1000, 2)
+    return _ratio(ours["db_server_cpu_ms_per_saga"], floor["db_server_cpu_ms_per_saga"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from coordinator.adapters.mongo import MongoSagaStore, RoundTripCounter, make_client
+from coordinator.adapters.mongo_indexes import saga_index_paths
 from coordinator.adapters.queries import SagaQueries
 from coordinator.adapters.rabbit import IncomingEvent, IncomingReply, RabbitBroker
 from coordinator.api import create_app
@@ -132,7 +133,7 @@ async def serve(
         settings.http_host, tokens, allow_anonymous=settings.api_allow_anonymous
     )  # an open API beyond loopback, unless allowed on purpose, stops it too
     spans = build_spans(settings.otel_enabled)  # OtelUnavailable stops the start-up
-    counter = RoundTripCounter()
+    counter = RoundTripCounter(saga_index_paths())
     client = make_client(settings.mongodb_url, counter=counter)  # store and queries share it
     metrics = SagaMetrics(round_trips=lambda: counter.counts)
     store = MongoSagaStore(
@@ -192,7 +193,8 @@ async def serve(
         await _run_until_stopped(settings, app, broker, service, stop, ready)
         log.info(
             "stopped: %d transitions, %d conflicts retried, %d commands published, "
-            "%d relayed, %d timers fired, %d MongoDB commands, %d outbox entries cleared",
+            "%d relayed, %d timers fired, %d MongoDB commands, %d outbox entries cleared, "
+            "%d write statements, %d bytes written, %d index entries maintained",
             service.stats.transitions,
             service.stats.conflicts,
             service.stats.published,
@@ -200,6 +202,9 @@ async def serve(
             service.stats.timers_fired,
             counter.total,
             service.stats.outbox_cleared,
+            counter.write_statements,
+            counter.write_bytes,
+            counter.index_writes,
         )
     finally:
         await broker.close()

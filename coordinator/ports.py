@@ -162,10 +162,14 @@ class SagaStore(Protocol):
         """The instance of ``definition`` for business key ``key``, if any."""
         ...
 
-    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        """Replace the instance if its stored revision is still ``expected_revision``.
+    async def save_saga(
+        self, state: SagaState, expected_revision: int, base: SagaState | None = None
+    ) -> bool:
+        """Store ``state`` if the instance's stored revision is still ``expected_revision``.
 
-        Returns False (and writes nothing) when another writer got there first.
+        ``base``, if given, is the state stored at ``expected_revision`` that ``state`` was
+        computed from; a store may then write only what changed. Returns False (and writes
+        nothing) when another writer got there first.
         """
         ...
 

@@ -11,6 +11,11 @@ The claimant then either *finishes* the claim with a final outcome (``succeeded`
 non-retryable ``failed``) that every later duplicate gets replied again, or *releases* it
 (a retryable failure), so that the next attempt runs the handler again.
 
+Claims and final outcomes are group-committed (``_writes.RecordWrites``): the writes of
+concurrent commands leave together as one bulk write, each keeping its own outcome. Why a
+claim and its outcome cannot be one write, even for a handler that finishes at once, is
+told there.
+
 Retention. A final record (finished, or a tombstone) carries ``expires_at`` = the instant
 it became final + the retention (``record_retention``, default 7 days), and a sparse TTL
 index ``{expires_at: 1}`` with ``expireAfterSeconds: 0`` (``ensure_indexes``, called when
@@ -69,6 +74,8 @@ from typing import Any, Literal
 from pymongo import ASCENDING, AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
+
+from participants._writes import RecordWrites
 
 __all__ = ["DEFAULT_RECORD_RETENTION", "Claim", "OutcomeStore", "Record"]
 
@@ -158,6 +165,7 @@ class OutcomeStore:
         self._collection: AsyncCollection[dict[str, Any]] = client[database].get_collection(
             collection, write_concern=concern
         )
+        self._writes = RecordWrites(self._collection)
         self.participant = participant
         self.lease = lease
         self.retention = checked_retention(retention)
@@ -233,11 +241,8 @@ class OutcomeStore:
             "updated_at": now,
             **fields,
         }
-        try:
-            await self._collection.insert_one(doc)
+        if await self._writes.insert(doc):  # group-committed with other commands' writes
             return Claim(key, owner)
-        except DuplicateKeyError:
-            pass
         taken = await self._collection.update_one(
             {"_id": key, "status": "in_progress", "lease_until": {"$lt": now}},
             {"$set": {"owner": owner, "lease_until": now + self.lease, "updated_at": now}},
@@ -268,26 +273,20 @@ class OutcomeStore:
         delay = 0.1
         while True:
             now = _now()
-            try:
-                result = await self._collection.update_one(
-                    {"_id": claim.key, "owner": claim.owner, "status": "in_progress"},
-                    {
-                        "$set": {
-                            "status": status,
-                            "reply": reply,
-                            "lease_until": None,
-                            "updated_at": now,
-                            **self._expiry(now),
-                        }
-                    },
-                )
+            final = {
+                "status": status,
+                "reply": reply,
+                "lease_until": None,
+                "updated_at": now,
+                **self._expiry(now),
+            }
+            try:  # group-committed with other commands' writes
+                return await self._writes.finish(claim.key, claim.owner, {"$set": final})
             except ConnectionFailure:
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
-                continue
-            return result.matched_count == 1
 
     async def release(self, claim: Claim) -> None:
         """Give ``claim`` up without a final outcome (the next attempt runs again)."""

@@ -213,7 +213,9 @@ class InMemorySagaStore:
                 return stored.model_copy(deep=True)
         return None
 
-    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
+    async def save_saga(
+        self, state: SagaState, expected_revision: int, base: SagaState | None = None
+    ) -> bool:
         stored = self.sagas.get(state.id)
         if stored is None or stored.revision != expected_revision:
             return False

@@ -8,14 +8,17 @@ keeps awaited events, and the ``awaiting`` index of ``sagas`` finds the sagas an
 completes (``mongo_events.MongoEventBuffer``, delegated to as well).
 
 ``sagas`` holds ``SagaState.to_document()`` as is. ``revision`` is the optimistic-concurrency
-counter: ``save_saga`` is a replace filtered on the expected revision.
+counter: ``save_saga`` is a write filtered on the expected revision, an update of what
+changed since the state the transition started from (``mongo_updates.saga_update``) where
+that is smaller than the document, else a replace. Its indexes, one per query, are in
+``mongo_indexes``.
 
 Inserts and saves are group-committed (``GroupCommit``): the writes that arrive while one
 batch is in flight leave together as one unordered ``bulk_write``, so under load a round
 trip carries many transitions, and a quiet service still writes each one at once. An
-insert's outcome is its own (a duplicate key comes back per item). The replaces' matched
-count is one figure for the batch: when it falls short of the number of replaces, one read
-of ``write_token`` — a random token each save writes — tells which replaces won. A replace
+insert's outcome is its own (a duplicate key comes back per item). The saves' matched
+count is one figure for the batch: when it falls short of the number of saves, one read
+of ``write_token`` — a random token each save writes — tells which saves won. A save
 that won but was overwritten by another writer before that read is reported lost; the
 service then recomputes the transition from a fresh read (the engine ignores what is
 already applied), and the relay sends the won save's commands: slower, never wrong. A
@@ -43,19 +46,19 @@ exception travels above ``coordinator/adapters``.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import uuid4
 
+import bson
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 from pymongo import (
     ASCENDING,
     AsyncMongoClient,
-    IndexModel,
     InsertOne,
     ReplaceOne,
     UpdateOne,
@@ -66,14 +69,7 @@ from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
 )
-from pymongo.monitoring import (
-    CommandFailedEvent,
-    CommandListener,
-    CommandStartedEvent,
-    CommandSucceededEvent,
-)
 
-from coordinator.adapters.batching import GroupCommit
 from coordinator.adapters.mongo_definitions import MongoDefinitions, definition_hash
 from coordinator.adapters.mongo_errors import (
     DEFAULT_MAX_SAGA_BYTES,
@@ -85,9 +81,13 @@ from coordinator.adapters.mongo_errors import (
     write_error,
 )
 from coordinator.adapters.mongo_events import MongoEventBuffer
+from coordinator.adapters.mongo_indexes import DUE, RETIRED_INDEXES, STORE_INDEXES, UNPUBLISHED
+from coordinator.adapters.mongo_updates import saga_update
+from coordinator.adapters.monitor import RoundTripCounter
 from coordinator.engine.state import SagaState
-from coordinator.errors import AdapterError, StoreUnavailable
+from coordinator.errors import AdapterError, StoreUnavailable, UnstorableData
 from coordinator.ports import BufferedEvent, DuplicateSaga, StoredDefinition, WaitingSaga
+from schemas.batching import GroupCommit
 from schemas.definition import SagaDefinition
 
 __all__ = [
@@ -120,26 +120,49 @@ WRITE_FIELD = "write_token"
 
 _DUPLICATE_KEY = 11000
 
-_RETIRED_INDEXES = ("definition_status_id", "status_id", "key")
-"""Indexes of earlier versions that nothing queries any more: dropped by ``ensure_indexes``
-(every index costs every write)."""
-
 
 @dataclass(frozen=True, slots=True)
 class _Write:
-    """One saga write of a batch: an insert (``expected`` None) or a conditional replace."""
+    """One saga write of a batch: an insert (``expected`` None), or a conditional update
+    (``update`` set) or replace of the stored document at revision ``expected``."""
 
     saga_id: str
     raw: RawBSONDocument
     expected: int | None
     token: str
+    update: RawBSONDocument | None = None
 
     @classmethod
-    def of(cls, state: SagaState, expected: int | None, max_bytes: int) -> _Write:
-        """``state``'s document, carrying a fresh ``write_token``, encoded once."""
+    def of(
+        cls, state: SagaState, expected: int | None, max_bytes: int, base: SagaState | None = None
+    ) -> _Write:
+        """``state``'s document, carrying a fresh ``write_token``, encoded once (its size is
+        the one the budget checks); with ``base``, also the update from ``base``'s document
+        (``saga_update``), used when it is the smaller of the two."""
         doc = state.to_document()
         token = doc[WRITE_FIELD] = uuid4().hex
-        return cls(state.id, encode_saga(doc, max_bytes), expected, token)
+        raw = encode_saga(doc, max_bytes)
+        update = None
+        if base is not None and expected is not None:
+            changes = saga_update(base, state)
+            changes["$set"][WRITE_FIELD] = token
+            with translate_errors(f"store saga {state.id!r}"):
+                encoded = RawBSONDocument(bson.encode(changes))
+            if len(encoded.raw) < len(raw.raw):
+                update = encoded
+        return cls(state.id, raw, expected, token, update)
+
+    def request(self) -> InsertOne[Any] | UpdateOne | ReplaceOne[Any]:
+        """The bulk-write request of this write."""
+        if self.expected is None:
+            return InsertOne(self.raw)
+        condition = {"_id": self.saga_id, "revision": self.expected}
+        if self.update is not None:
+            return UpdateOne(condition, self.update)
+        return ReplaceOne(condition, self.raw)
+
+    def as_replace(self) -> _Write:
+        return _Write(self.saga_id, self.raw, self.expected, self.token)
 
 
 # -- the stored form, shared with the in-memory double ----------------------------------
@@ -165,29 +188,6 @@ def as_stored(state: SagaState) -> SagaState:
 
 
 # -- round trips and errors ---------------------------------------------------------------
-class RoundTripCounter(CommandListener):
-    """Counts the commands a client sends, by command name (``update``, ``find``, …)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def reset(self) -> None:
-        self.counts.clear()
-
-    def started(self, event: CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: CommandFailedEvent) -> None:
-        pass
-
-
 def make_client(
     url: str, *, counter: RoundTripCounter | None = None, **kwargs: Any
 ) -> AsyncMongoClient[Document]:
@@ -258,24 +258,9 @@ class MongoSagaStore:
 
     async def ensure_indexes(self) -> None:
         with translate_errors("create the indexes"):
-            await self._sagas.create_indexes(
-                [
-                    IndexModel(
-                        [("definition", ASCENDING), ("key", ASCENDING)],
-                        name="definition_key_unique",
-                        unique=True,
-                        partialFilterExpression={"key": {"$type": "string"}},
-                    ),
-                    IndexModel([("wake_at", ASCENDING)], name="wake_at"),
-                    IndexModel(
-                        [("updated_at", ASCENDING)],
-                        name="unpublished",
-                        partialFilterExpression={"outbox.0": {"$exists": True}},
-                    ),
-                ]
-            )
+            await self._sagas.create_indexes(STORE_INDEXES)
             existing = [index["name"] async for index in await self._sagas.list_indexes()]
-            for name in _RETIRED_INDEXES:
+            for name in RETIRED_INDEXES:
                 if name in existing:
                     await self._sagas.drop_index(name)
             await self._definitions.ensure_indexes()
@@ -351,7 +336,7 @@ class MongoSagaStore:
                 existing = None
                 if state.key is not None:
                     existing = await self._sagas.find_one(
-                        {"definition": state.definition, "key": state.key}
+                        {"key": state.key, "definition": state.definition}
                     )
                 if existing is None:
                     existing = await self._sagas.find_one({"_id": state.id})
@@ -362,7 +347,7 @@ class MongoSagaStore:
     async def find_saga(self, definition: str, key: str) -> SagaState | None:
         """The instance of ``definition`` for business key ``key``, if any."""
         with translate_errors("find a saga"):
-            doc = await self._sagas.find_one({"definition": definition, "key": key})
+            doc = await self._sagas.find_one({"key": key, "definition": definition})
         return None if doc is None else self._state(doc)
 
     async def drop_database(self) -> None:
@@ -375,17 +360,15 @@ class MongoSagaStore:
             doc = await self._sagas.find_one({"_id": saga_id})
         return None if doc is None else self._state(doc)
 
-    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        return await self._writes.submit(_Write.of(state, expected_revision, self._max_saga_bytes))
+    async def save_saga(
+        self, state: SagaState, expected_revision: int, base: SagaState | None = None
+    ) -> bool:
+        write = _Write.of(state, expected_revision, self._max_saga_bytes, base)
+        return await self._writes.submit(write)
 
     async def _write_batch(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
-        """One unordered bulk write; per write: inserted / replaced (True) or not (False)."""
-        requests: list[InsertOne[Any] | ReplaceOne[Any]] = [
-            InsertOne(write.raw)
-            if write.expected is None
-            else ReplaceOne({"_id": write.saga_id, "revision": write.expected}, write.raw)
-            for write in batch
-        ]
+        """One unordered bulk write; per write: inserted / saved (True) or not (False)."""
+        requests = [write.request() for write in batch]
         details: Mapping[str, Any]
         try:
             details = (await self._sagas.bulk_write(requests, ordered=False)).bulk_api_result
@@ -405,10 +388,23 @@ class MongoSagaStore:
                 outcomes[index] = False
             else:
                 outcomes[index] = write_error(error, f"save saga {batch[index].saga_id!r}")
+        refused = [
+            index
+            for index, write in enumerate(batch)
+            if write.update is not None and isinstance(outcomes[index], UnstorableData)
+        ]
+        if refused:  # an update the server refuses wrote nothing: the whole document decides
+            again: Sequence[bool | BaseException]
+            try:
+                again = await self._write_batch([batch[index].as_replace() for index in refused])
+            except AdapterError as exc:
+                again = [exc] * len(refused)
+            for index, outcome in zip(refused, again, strict=True):
+                outcomes[index] = outcome
         replaced = [
             index
             for index, write in enumerate(batch)
-            if write.expected is not None and outcomes[index] is True
+            if write.expected is not None and outcomes[index] is True and index not in refused
         ]
         matched = details.get("nMatched", 0)
         if matched == 0 or len(replaced) == 1:  # the count alone tells
@@ -458,7 +454,7 @@ class MongoSagaStore:
         """
         if limit <= 0:
             return []
-        due_filter = {"wake_at": {"$lte": now}}
+        due_filter = {"wake_at": {**DUE["wake_at"], "$lte": now}}  # served by ``due``
         with translate_errors("claim due sagas"):
             cursor = self._sagas.find(due_filter, {"_id": 1}).sort(_OLDEST_FIRST["wake_at"])
             ids = [doc["_id"] async for doc in cursor.limit(limit)]
@@ -479,7 +475,7 @@ class MongoSagaStore:
     async def unpublished(self, older_than: datetime, limit: int) -> list[SagaState]:
         if limit <= 0:
             return []
-        query = {"outbox.0": {"$exists": True}, "updated_at": {"$lt": older_than}}
+        query = {**UNPUBLISHED, "updated_at": {"$lt": older_than}}  # ``unpublished_outbox``
         with translate_errors("find unpublished commands"):
             cursor = self._sagas.find(query).sort(_OLDEST_FIRST["updated_at"]).limit(limit)
             return [self._state(doc) async for doc in cursor]

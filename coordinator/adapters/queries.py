@@ -31,10 +31,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson.codec_options import CodecOptions
-from pymongo import DESCENDING, AsyncMongoClient, IndexModel
+from pymongo import DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 
 from coordinator.adapters.mongo_errors import translate_errors
+from coordinator.adapters.mongo_indexes import LISTING_INDEXES
 from coordinator.engine.state import ErrorInfo
 from coordinator.ports import MAX_LIMIT, InvalidCursor, SagaListPage, SagaRow
 
@@ -117,17 +118,10 @@ class SagaQueries:
         self._sagas: AsyncCollection[Document] = db["sagas"]
 
     async def ensure_indexes(self) -> None:
-        """The indexes that serve the listing: newest first, alone or under one filter."""
-        order = [("created_at", DESCENDING), ("_id", DESCENDING)]
+        """The indexes that serve the listing: newest first, alone or under one filter
+        (``mongo_indexes``; a ``key`` filter uses the store's ``key_definition_unique``)."""
         with translate_errors("create the listing indexes"):
-            await self._sagas.create_indexes(
-                [
-                    IndexModel(order, name="list_created"),
-                    IndexModel([("definition", 1), *order], name="list_definition_created"),
-                    IndexModel([("status", 1), *order], name="list_status_created"),
-                    IndexModel([("key", 1), *order], name="list_key_created"),
-                ]
-            )
+            await self._sagas.create_indexes(LISTING_INDEXES)
 
     async def list_sagas(
         self,
@@ -147,7 +141,7 @@ class SagaQueries:
         if not 1 <= limit <= MAX_LIMIT:
             raise ValueError(f"limit must be within 1..{MAX_LIMIT}, not {limit}")
         conditions: list[Document] = []
-        for field, value in (("definition", definition), ("status", status), ("key", key)):
+        for field, value in (("key", key), ("definition", definition), ("status", status)):
             if value is not None:
                 conditions.append({field: value})
         if cursor is not None:

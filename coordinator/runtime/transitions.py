@@ -9,8 +9,9 @@ Every change to an instance is one *transition*, applied the same way whatever c
    claimed timer brings it along instead);
 2. run the engine, which returns the new state with the emitted commands appended to its
    ``outbox``;
-3. ``save_saga(state, expected_revision)``: one conditional replace. When another writer
-   got there first the save writes nothing; the transition is recomputed from a fresh read
+3. ``save_saga(state, expected_revision, base)``: one conditional write of what changed
+   since ``base``, the state the engine started from. When another writer got there first
+   the save writes nothing; the transition is recomputed from a fresh read
    (bounded retries), so it applies exactly once and is never lost;
 4. publish the new commands (``Outbox``) — only after step 3, so no command leaves for a
    change that was not persisted.
@@ -143,7 +144,7 @@ class TransitionRunner:
             if self.before_save is not None:
                 await self.before_save(new_state)
             try:
-                won = await self._store.save_saga(new_state, expected)
+                won = await self._store.save_saga(new_state, expected, base=state)
             except UnstorableData as exc:
                 instead = _invalid_reply(message, exc)
                 if instead is not None:
@@ -158,7 +159,7 @@ class TransitionRunner:
                     raise
                 new_state = self._stopped(state, exc)
                 transition = Transition(state=new_state)
-                won = await self._store.save_saga(new_state, expected)
+                won = await self._store.save_saga(new_state, expected, base=state)
             if won:
                 self.saved(state, new_state)
                 await self._outbox.publish(transition.commands)

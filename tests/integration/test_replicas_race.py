@@ -121,8 +121,10 @@ class FalseConflict(MongoSagaStore):
 
     overwrite: Any = None
 
-    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
-        landed = await super().save_saga(state, expected_revision)
+    async def save_saga(
+        self, state: SagaState, expected_revision: int, base: SagaState | None = None
+    ) -> bool:
+        landed = await super().save_saga(state, expected_revision, base)
         if landed and self.overwrite is not None:
             overwrite, self.overwrite = self.overwrite, None
             await overwrite()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from coordinator.adapters.batching import GroupCommit
+from schemas.batching import GroupCommit
 
 
 class Recorder:

@@ -16,10 +16,12 @@ class YieldingStore(RacingStore):
         await asyncio.sleep(0)
         return await super().load_saga(saga_id)
 
-    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
+    async def save_saga(
+        self, state: SagaState, expected_revision: int, base: SagaState | None = None
+    ) -> bool:
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        return await super().save_saga(state, expected_revision)
+        return await super().save_saga(state, expected_revision, base)
 
 
 async def test_a_burst_of_duplicates_to_one_saga_never_conflicts_with_itself() -> None:

@@ -136,11 +136,13 @@ class RacingStore(InMemorySagaStore):
 
     races = 0
 
-    async def save_saga(self, state: SagaState, expected_revision: int) -> bool:
+    async def save_saga(
+        self, state: SagaState, expected_revision: int, base: SagaState | None = None
+    ) -> bool:
         if self.races:
             self.races -= 1
             return False
-        return await super().save_saga(state, expected_revision)
+        return await super().save_saga(state, expected_revision, base)
 
 
 async def make_service(

@@ -77,10 +77,10 @@ async def test_a_timer_whose_transition_cannot_be_stored_stops_the_saga() -> Non
     refuse: Callable[[SagaState], bool] = lambda state: state.status != "failed"  # noqa: E731
     original = store.save_saga
 
-    async def refusing(state: SagaState, expected: int) -> bool:
+    async def refusing(state: SagaState, expected: int, base: SagaState | None = None) -> bool:
         if refuse(state):
             raise UnstorableData("cannot store saga: refused")
-        return await original(state, expected)
+        return await original(state, expected, base)
 
     store.save_saga = refusing  # type: ignore[method-assign]
     clock.now += timedelta(seconds=11)  # reserve's attempt times out

@@ -9,6 +9,9 @@ quiet service still writes each item as soon as it comes.
 The flush function gets the batch and returns one outcome per item, in order: a value,
 or an exception that only that item's caller sees. An exception raised by the flush
 itself fails every item of the batch.
+
+The coordinator's saga store and the participant SDK's idempotency records both write
+through it.
 """
 
 from __future__ import annotations
