@@ -1,7 +1,8 @@
 """Awaited events in MongoDB: the ``awaiting`` index of ``sagas`` and the ``event_buffer``.
 
 Correlation reads ``sagas`` through one index, ``awaiting`` on ``awaiting.event`` +
-``awaiting.value``, partial on ``awaiting.0`` existing: only sagas with a waiting step are
+``awaiting.value``, partial on a first waiting entry (``mongo_indexes.WAITING``, where the
+collection's indexes are listed): only sagas with a waiting step are
 in it, so it costs nothing to the others, and a query for (event type, value) touches only
 the sagas waiting for exactly that. ``recently_waiting`` reads ``awaiting.since`` through a
 second partial index (the recovery pass at start-up).
@@ -26,6 +27,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from coordinator.adapters.mongo_errors import translate_errors
+from coordinator.adapters.mongo_indexes import AWAITING_INDEXES, WAITING
 from coordinator.engine.state import Awaiting
 from coordinator.ports import BufferedEvent, WaitingSaga
 
@@ -35,9 +37,6 @@ Document = dict[str, Any]
 
 PURGE_GRACE = timedelta(hours=1)
 """How long after ``expires_at`` the TTL index deletes a kept event."""
-
-_WAITING = {"awaiting.0": {"$exists": True}}
-"""The partial indexes' filter: a query must say it too for the planner to use them."""
 
 _WAITING_FIELDS = {"definition": 1, "definition_version": 1, "awaiting": 1}
 
@@ -71,20 +70,7 @@ class MongoEventBuffer:
         self._events = events
 
     async def ensure_indexes(self) -> None:
-        await self._sagas.create_indexes(
-            [
-                IndexModel(
-                    [("awaiting.event", ASCENDING), ("awaiting.value", ASCENDING)],
-                    name="awaiting",
-                    partialFilterExpression=_WAITING,
-                ),
-                IndexModel(
-                    [("awaiting.since", ASCENDING)],
-                    name="awaiting_since",
-                    partialFilterExpression=_WAITING,
-                ),
-            ]
-        )
+        await self._sagas.create_indexes(AWAITING_INDEXES)
         await self._events.create_indexes(
             [
                 IndexModel(
@@ -104,7 +90,7 @@ class MongoEventBuffer:
         self, event_type: str, values: Sequence[str | int | float], after: str | None, limit: int
     ) -> list[WaitingSaga]:
         query: Document = {
-            **_WAITING,
+            **WAITING,
             "awaiting": {"$elemMatch": {"event": event_type, "value": {"$in": list(values)}}},
             "status": "running",
         }
@@ -117,7 +103,7 @@ class MongoEventBuffer:
     async def recently_waiting(
         self, since: datetime, after: str | None, limit: int
     ) -> list[WaitingSaga]:
-        query: Document = {**_WAITING, "awaiting.since": {"$gte": since}, "status": "running"}
+        query: Document = {**WAITING, "awaiting.since": {"$gte": since}, "status": "running"}
         if after is not None:
             query["_id"] = {"$gt": after}
         with translate_errors("find the sagas waiting since a time"):

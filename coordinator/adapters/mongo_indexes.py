@@ -21,8 +21,10 @@ listing, newest first                  ``list_created`` (created_at ↓, _id ↓
 listing ``?definition=``               ``list_definition_created``                    listing
 listing ``?status=``, sagas in         ``list_status_created``                        listing
 flight (``$in`` unfinished statuses)
-awaited event (``awaited_query``)      ``AWAITING_INDEX`` (awaiting.event,            runtime
-                                       awaiting.value; running sagas only)
+awaited event: ``waiting_sagas``       ``awaiting`` (awaiting.event, awaiting.value;  events
+                                       sagas with a waiting step only)
+recovery: ``recently_waiting``         ``awaiting_since`` (awaiting.since; same       events
+                                       filter)
 =====================================  =============================================  ==========
 
 Partial filters are written as comparisons (``$gt`` an instant before any real one, ``$gte``
@@ -40,14 +42,14 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel
 
 __all__ = [
-    "AWAITING_INDEX",
+    "AWAITING_INDEXES",
     "DUE",
     "EVER",
     "LISTING_INDEXES",
     "RETIRED_INDEXES",
     "STORE_INDEXES",
     "UNPUBLISHED",
-    "awaited_query",
+    "WAITING",
     "indexed_paths",
     "saga_index_paths",
 ]
@@ -98,18 +100,23 @@ RETIRED_INDEXES = (
 """Indexes of earlier versions that nothing queries any more: dropped by ``ensure_indexes``
 after the new ones exist (so uniqueness of (definition, key) never lapses)."""
 
-AWAITING_INDEX = IndexModel(
-    [("awaiting.event", ASCENDING), ("awaiting.value", ASCENDING)],
-    name="awaiting",
-    partialFilterExpression={"status": "running"},
-)
-"""For the awaited-event look-up (``awaited_query``): only running sagas have entries, one
-per awaited (event, value). Not created by the store: it belongs with the look-up."""
+WAITING: dict[str, Any] = {"awaiting.0.since": {"$gt": EVER}}
+"""The partial filter of the awaited-event indexes: the saga has a waiting step. The look-ups
+in ``mongo_events`` repeat it."""
 
-
-def awaited_query(event: str, value: str | int | float) -> dict[str, Any]:
-    """The running sagas waiting for ``event`` with correlation value ``value``."""
-    return {"status": "running", "awaiting": {"$elemMatch": {"event": event, "value": value}}}
+AWAITING_INDEXES = [
+    IndexModel(
+        [("awaiting.event", ASCENDING), ("awaiting.value", ASCENDING)],
+        name="awaiting",
+        partialFilterExpression=WAITING,
+    ),
+    IndexModel(
+        [("awaiting.since", ASCENDING)], name="awaiting_since", partialFilterExpression=WAITING
+    ),
+]
+"""The awaited-event look-ups' (``MongoEventBuffer``): by (event type, correlation value),
+and the sagas that started waiting since an instant; a saga without a waiting step has no
+entry in either."""
 
 
 def indexed_paths(models: list[IndexModel]) -> list[tuple[str, ...]]:
@@ -126,4 +133,6 @@ def indexed_paths(models: list[IndexModel]) -> list[tuple[str, ...]]:
 
 def saga_index_paths() -> dict[str, list[tuple[str, ...]]]:
     """The ``sagas`` collection's indexes as ``RoundTripCounter`` takes them."""
-    return {"sagas": [("_id",), *indexed_paths([*STORE_INDEXES, *LISTING_INDEXES])]}
+    return {
+        "sagas": [("_id",), *indexed_paths([*STORE_INDEXES, *LISTING_INDEXES, *AWAITING_INDEXES])]
+    }

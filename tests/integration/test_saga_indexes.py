@@ -19,7 +19,6 @@ from pymongo import AsyncMongoClient
 from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 from coordinator.adapters import MongoSagaStore
-from coordinator.adapters.mongo_indexes import AWAITING_INDEX, awaited_query
 from coordinator.adapters.queries import SagaQueries
 from coordinator.engine.state import Awaiting, Command, SagaState, StepState
 
@@ -121,6 +120,8 @@ async def test_the_collection_has_exactly_the_indexes_its_queries_use(recorded: 
         "list_created",
         "list_definition_created",
         "list_status_created",
+        "awaiting",
+        "awaiting_since",
     }
 
 
@@ -152,15 +153,20 @@ async def test_every_query_is_served_by_its_index(recorded: Any) -> None:
         assert used == expected, (query, command, explained["queryPlanner"]["winningPlan"])
 
 
-async def test_the_awaited_event_lookup_uses_its_index(recorded: Any) -> None:
-    store, db = recorded[0], recorded[3]
+async def test_the_awaited_event_lookups_use_their_indexes(recorded: Any) -> None:
+    store, recorder, db = recorded[0], recorded[2], recorded[3]
     if await _is_secantus(db):
         pytest.skip("SecantusDB's planner scans for $elemMatch: checked on a real mongod only")
-    from datetime import UTC, datetime
-
-    now = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
-    await db["sagas"].create_indexes([AWAITING_INDEX])
     for index in range(30):
-        await store.insert_saga(saga(index, now))
-    explained = await db["sagas"].find(awaited_query("paid", 7)).explain()
-    assert set(_plan_indexes(explained["queryPlanner"]["winningPlan"])) == {"awaiting"}
+        await store.insert_saga(saga(index, NOW))
+    calls = {
+        "awaiting": store.waiting_sagas("paid", [7], None, 10),
+        "awaiting_since": store.recently_waiting(NOW - timedelta(minutes=1), None, 10),
+    }
+    for index_name, call in calls.items():
+        before = len(recorder.finds)
+        assert await call, index_name
+        command = recorder.finds[before]
+        explained = await db.command({"explain": command, "verbosity": "queryPlanner"})
+        used = set(_plan_indexes(explained["queryPlanner"]["winningPlan"]))
+        assert used == {index_name}, (command, explained["queryPlanner"]["winningPlan"])
