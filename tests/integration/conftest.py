@@ -98,3 +98,13 @@ def database_server(tmp_path: Path) -> Iterator[DatabaseServer]:
     server.start()
     yield server
     server.stop_now()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures of the fault tests that ran (``tests/integration/faults.py``)."""
+    from tests.integration.faults import RECORDED
+
+    if RECORDED:
+        terminalreporter.section("fault figures")
+        for figures in RECORDED:
+            terminalreporter.write_line(figures.line())

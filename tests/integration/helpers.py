@@ -101,7 +101,8 @@ class Coordinator:
     async def wait_ready(self, within: float = 60.0) -> None:
         """Poll ``/readyz`` until 200; fail with the log if the process exits first."""
         deadline = time.monotonic() + within
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        # Above the 2 s that /readyz may take to ping a slow database (docs/operations.md).
+        async with httpx.AsyncClient(timeout=5.0) as client:
             while True:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
