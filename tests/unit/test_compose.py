@@ -1,4 +1,5 @@
-"""compose.yaml stays true to the code: it parses, and what it names exists."""
+"""compose.yaml and the Dockerfile stay true to the code: compose.yaml parses, what it names
+exists, and the examples come only when asked for."""
 
 from __future__ import annotations
 
@@ -26,10 +27,36 @@ def test_every_participant_service_runs_an_existing_example_module() -> None:
     ]
     assert sorted(modules) == [
         f"participants.examples.{name}"
-        for name in ("flights", "hotels", "inventory", "payments", "shipping")
+        for name in ("flights", "hotels", "inventory", "payments", "risk", "shipping")
     ]
     for module in modules:
         assert importlib.util.find_spec(module) is not None, module
+
+
+def test_the_examples_run_and_register_only_with_their_profile() -> None:
+    services = _compose()["services"]
+    examples = {
+        name
+        for name, service in services.items()
+        if service.get("entrypoint") == ["python", "-m"] or name == "register-examples"
+    }
+    for name, service in services.items():
+        assert (service.get("profiles") == ["examples"]) == (name in examples), name
+    register = services["register-examples"]
+    assert register["volumes"] == ["./schemas:/definitions:ro"]
+    assert register["entrypoint"] == ["sh", "-c"]
+    assert register["command"] == ["saga-coordinator register /definitions/*.yaml"]
+    assert register["depends_on"]["mongodb"]["condition"] == "service_healthy"
+    assert sorted((ROOT / "schemas").glob("*.yaml"))  # what the glob registers
+
+
+def test_the_image_registers_no_definition_by_default() -> None:
+    instructions = [
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    assert instructions and not [line for line in instructions if "SAGA_DEFINITIONS_DIR" in line]
 
 
 def test_coordinator_environment_names_real_settings() -> None:
@@ -39,7 +66,8 @@ def test_coordinator_environment_names_real_settings() -> None:
         assert name.startswith("SAGA_"), name
         assert name.removeprefix("SAGA_").lower() in fields, name
     assert coordinator["command"] == ["run"]
-    assert coordinator["volumes"] == ["./schemas:/definitions:ro"]
+    assert "SAGA_DEFINITIONS_DIR" not in coordinator["environment"]  # no examples unless asked
+    assert "volumes" not in coordinator
 
 
 def test_services_wait_for_healthy_dependencies() -> None:
