@@ -20,7 +20,15 @@ import httpx
 import pytest
 
 from participants import Delivery, Participant, StepError
-from tests.integration.helpers import ROOT, Coordinator, Sagas, running, write
+from tests.integration.helpers import (
+    ROOT,
+    Coordinator,
+    Recorder,
+    Sagas,
+    running,
+    succeeding,
+    write,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -259,11 +267,8 @@ async def test_send_event_completes_a_waiting_await_step(
     await coordinator.wait_ready()
     url = coordinator.url
     inventory, payments = participants("inventory"), participants("payments")
+    inventory.action("reserve")(succeeding(Recorder(), {"reservation": "r-1"}))
     charged: list[dict[str, Any]] = []
-
-    @inventory.action("reserve")
-    async def reserve(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        return {"reservation": f"r-{input['sku']}"}
 
     @payments.action("charge")
     async def charge(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
