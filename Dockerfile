@@ -16,8 +16,10 @@ USER saga
 # The API listens on every interface of the container, so the coordinator refuses to start
 # without SAGA_API_TOKENS (e.g. -e SAGA_API_TOKENS=s3cret:write,ro:read), unless
 # SAGA_API_ALLOW_ANONYMOUS=true says an open API is meant (say, behind a private network).
-ENV SAGA_HTTP_HOST=0.0.0.0 \
-    SAGA_DEFINITIONS_DIR=/app/schemas
+# No definition is registered at start-up: register yours (`saga-coordinator register`,
+# POST /v1/definitions), or point SAGA_DEFINITIONS_DIR at a folder of YAML files; the
+# examples are in /app/schemas (-e SAGA_DEFINITIONS_DIR=/app/schemas).
+ENV SAGA_HTTP_HOST=0.0.0.0
 EXPOSE 8080
 ENTRYPOINT ["saga-coordinator"]
 CMD ["run"]

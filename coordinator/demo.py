@@ -3,10 +3,11 @@
 It starts a MongoDB-compatible server (SecantusDB) when ``SAGA_MONGODB_URL`` is unset,
 the coordinator (consumers, timers, REST API), the example participants and the
 definitions in ``schemas/``; then it publishes trigger events the way any service would,
-prints each saga's timeline as soon as it ends (and, while none ends, what it is waiting
-for). Everything it creates is its own: a fresh exchange prefix and database, removed at the
-end. ``--keep`` leaves the service, its console and the participants running until Ctrl-C.
-Exit 0 when every sample saga ended as expected.
+and the ``payment.authorized`` events of the trips the way a payment provider would (one
+before its trip is even requested), and prints each saga's timeline as soon as it ends
+(and, while none ends, what it is waiting for). Everything it creates is its own: a fresh
+exchange prefix and database, removed at the end. ``--keep`` leaves the service, its console
+and the participants running until Ctrl-C. Exit 0 when every sample saga ended as expected.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ import schemas
 from coordinator.adapters.mongo import MongoSagaStore
 from coordinator.api.sagas import saga_out
 from coordinator.app import serve
+from coordinator.demo_samples import PAYMENT_AUTHORIZED, Authorize, Sample
+from coordinator.demo_samples import samples as demo_samples
 from coordinator.engine.state import SagaState
 from coordinator.errors import AdapterError
 from coordinator.local import (
@@ -47,95 +51,72 @@ __all__ = ["main"]
 
 log = logging.getLogger("coordinator.demo")
 
-CARD_OK = "4242-4242-4242-4242"
-CARD_DECLINED = "4000-0000-0000-0002"
-CARD_FLAKY = "4000-0000-0000-0119"
-ORDER_ITEMS = [{"sku": "BOOK-42", "qty": 1}, {"sku": "MUG-7", "qty": 2}]
+#: How long the demo waits for its early ``payment.authorized`` to be kept.
+_KEPT_WITHIN = 30.0
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One sample saga: the event that starts it and the status it should end in."""
+class _Events:
+    """The demo's own connection to the events exchange: it publishes as any service would."""
 
-    title: str
-    event_type: str
-    body: dict[str, Any]
-    expect: str
+    def __init__(self, exchange: aio_pika.abc.AbstractExchange) -> None:
+        self._exchange = exchange
 
-    @property
-    def definition(self) -> str:
-        return "order-fulfillment" if self.event_type == "order.placed" else "trip-booking"
+    async def publish(self, event_type: str, body: dict[str, Any], message_id: str) -> None:
+        await self._exchange.publish(
+            aio_pika.Message(
+                json.dumps(body).encode(),
+                content_type="application/json",
+                message_id=message_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=event_type,
+        )
 
-    @property
-    def key(self) -> str:
-        return str(self.body.get("order_id") or self.body.get("trip_id"))
-
-
-def _samples(run: str) -> list[Sample]:
-    def order(n: int, card: str, address: str) -> dict[str, Any]:
-        return {
-            "order_id": f"o-{run}-{n}",
-            "items": ORDER_ITEMS,
-            "total": 42.5,
-            "card": card,
-            "address": address,
-        }
-
-    trip = {
-        "trip_id": f"t-{run}-1",
-        "flight": "LH-400",
-        "hotel": "Harbour View",
-        "nights": 3,
-        "total": 980,
-        "card": CARD_OK,
-    }
-    return [
-        Sample(
-            "an order that completes", "order.placed", order(1, CARD_OK, "1 Main St"), "completed"
-        ),
-        Sample(
-            "a card that fails once, retried, then completes",
-            "order.placed",
-            order(2, CARD_FLAKY, "2 Main St"),
-            "completed",
-        ),
-        Sample(
-            "a declined card: the stock is released",
-            "order.placed",
-            order(3, CARD_DECLINED, "3 Main St"),
-            "compensated",
-        ),
-        Sample("a trip: flight, hotel and payment", "trip.requested", trip, "completed"),
-        Sample(
-            "a trip whose hotel is full: the flight is cancelled",
-            "trip.requested",
-            {**trip, "trip_id": f"t-{run}-2", "hotel": "FULL"},
-            "compensated",
-        ),
-        Sample(
-            "a hotel that never confirms in time: its booking and the flight are cancelled",
-            "trip.requested",
-            {**trip, "trip_id": f"t-{run}-3", "hotel": "slow:8s Grand Hotel"},
-            "compensated",
-        ),
-    ]
+    async def authorize(self, sample: Sample) -> None:
+        """Publish the trip's ``payment.authorized``, as its payment provider would."""
+        await self.publish(PAYMENT_AUTHORIZED, sample.authorization, f"au-{sample.key}")
 
 
-async def _publish_events(settings: CoordinatorSettings, samples: list[Sample]) -> None:
+@contextlib.asynccontextmanager
+async def _events(settings: CoordinatorSettings) -> AsyncIterator[_Events]:
     connection = await aio_pika.connect(settings.amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
-        exchange = await channel.get_exchange(Exchanges(settings.exchange_prefix).events)
-        for sample in samples:
-            await exchange.publish(
-                aio_pika.Message(
-                    json.dumps(sample.body).encode(),
-                    content_type="application/json",
-                    message_id=uuid.uuid4().hex,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=sample.event_type,
-            )
+        yield _Events(await channel.get_exchange(Exchanges(settings.exchange_prefix).events))
+
+
+async def _publish_events(
+    events: _Events, store: MongoSagaStore, samples: list[Sample]
+) -> set[str]:
+    """The early authorizations first (and wait until the coordinator keeps them), then
+    every trigger, each trip's authorization that goes with it right after; return the
+    keys whose early authorization the coordinator did not keep."""
+    missed: set[str] = set()
+    for sample in [sample for sample in samples if sample.authorize is Authorize.BEFORE]:
+        await events.authorize(sample)
+        kept = await _until_kept(store, sample.key)
+        if not kept:
+            missed.add(sample.key)
+        print(
+            f"published {PAYMENT_AUTHORIZED} for {sample.key} before its trip is requested: "
+            + ("kept by the coordinator" if kept else "NOT kept by the coordinator"),
+            flush=True,
+        )
+    for sample in samples:
+        await events.publish(sample.event_type, sample.body, uuid.uuid4().hex)
+        if sample.authorize is Authorize.WITH:
+            await events.authorize(sample)
+    return missed
+
+
+async def _until_kept(store: MongoSagaStore, key: str) -> bool:
+    """Whether the coordinator has kept a ``payment.authorized`` for ``key``."""
+    deadline = time.monotonic() + _KEPT_WITHIN
+    while time.monotonic() < deadline:
+        if await store.buffered_events(PAYMENT_AUTHORIZED, key, datetime.now(UTC), 1):
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 _ENDED = frozenset({"completed", "compensated", "failed"})
@@ -145,11 +126,13 @@ _QUIET = 2.0
 
 
 async def _stream(
-    store: MongoSagaStore, samples: list[Sample], patience: float
+    store: MongoSagaStore, events: _Events, samples: list[Sample], patience: float
 ) -> dict[str, SagaState | None]:
     """Print each sample's timeline as soon as its saga ends, and, while none ends, what
-    the demo is waiting for; return every sample's saga (as it stands at the timeout)."""
+    the demo is waiting for; publish a trip's authorization once its saga waits for it;
+    return every sample's saga (as it stands at the timeout)."""
     found: dict[str, SagaState | None] = {sample.key: None for sample in samples}
+    unauthorized = {s.key for s in samples if s.authorize is Authorize.WHEN_WAITING}
     printed: set[str] = set()
     deadline = time.monotonic() + patience
     said = time.monotonic()
@@ -158,6 +141,14 @@ async def _stream(
             if sample.key in printed:
                 continue
             state = found[sample.key] = await store.find_saga(sample.definition, sample.key)
+            if state is not None and sample.key in unauthorized and state.awaiting:
+                unauthorized.discard(sample.key)
+                print(
+                    f"{sample.key} waits for {PAYMENT_AUTHORIZED}: publishing it, as the "
+                    "payment provider would",
+                    flush=True,
+                )
+                await events.authorize(sample)
             if state is not None and state.status in _ENDED:
                 print(_timeline(sample, state), flush=True)
                 printed.add(sample.key)
@@ -184,7 +175,10 @@ def _waiting(pending: list[Sample], found: dict[str, SagaState | None]) -> str:
 
 
 def _doing(state: SagaState) -> str:
-    """What a running or compensating saga waits for: a reply, or a retry's backoff."""
+    """What a running or compensating saga waits for: an event, a reply, or a retry's
+    backoff."""
+    for awaiting in state.awaiting:
+        return f"{awaiting.step} waits for {awaiting.event} {awaiting.value}"
     for step in state.steps:
         for kind, phase in (("action", step.action), ("compensation", step.compensation)):
             where = f"{step.name} {kind} #{phase.attempt}"
@@ -205,7 +199,7 @@ def _timeline(sample: Sample, state: SagaState | None) -> str:
 
 
 async def _run(settings: CoordinatorSettings, run: str, *, keep: bool) -> int:
-    samples = _samples(run)
+    samples = demo_samples(run)
     stop = asyncio.Event()
     ready = asyncio.Event()
     coordinator = asyncio.create_task(serve(settings, stop, ready=ready), name="coordinator")
@@ -218,19 +212,21 @@ async def _run(settings: CoordinatorSettings, run: str, *, keep: bool) -> int:
             coordinator.result()
             return 1
         print(
-            f"coordinator ready; publishing {len(samples)} events on "
+            f"coordinator ready; publishing {len(samples)} trigger events on "
             f"{settings.exchange_prefix}.events; each saga's timeline follows as it ends\n",
             flush=True,
         )
-        async with example_participants(settings):
+        async with example_participants(settings), _events(settings) as events:
             started = time.monotonic()
-            await _publish_events(settings, samples)
-            found = await _stream(store, samples, patience=90)
+            missed = await _publish_events(events, store, samples)
+            found = await _stream(store, events, samples, patience=90)
             elapsed = time.monotonic() - started
             good = sum(
                 1
                 for sample in samples
-                if (state := found[sample.key]) is not None and state.status == sample.expect
+                if (state := found[sample.key]) is not None
+                and state.status == sample.expect
+                and sample.key not in missed
             )
             print(f"{good} of {len(samples)} sample sagas ended as expected, in {elapsed:.1f}s")
             if keep:

@@ -18,7 +18,7 @@ from pymongo.uri_parser import parse_uri
 from coordinator.embedded import EmbeddedServerError, server_url, start_server, stop_server
 from coordinator.settings import CoordinatorSettings
 from participants import Participant
-from participants.examples import flights, hotels, inventory, payments, shipping
+from participants.examples import flights, hotels, inventory, payments, risk, shipping
 
 __all__ = [
     "EXAMPLES",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: The example participants' modules (``participants/examples``).
-EXAMPLES = (inventory, payments, shipping, flights, hotels)
+EXAMPLES = (inventory, risk, payments, shipping, flights, hotels)
 
 DEFAULT_PREFIX = "saga"
 

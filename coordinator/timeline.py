@@ -82,4 +82,11 @@ def _note(detail: Mapping[str, Any]) -> str:
         return str(detail["reason"])
     if "source" in detail:
         return str(detail["source"])
+    if "event_type" in detail:  # an await step waits for, or receives, an event
+        note = str(detail["event_type"])
+        if "value" in detail:
+            note += f" = {detail['value']}"
+        if "message_id" in detail:
+            note += f", message {detail['message_id']}"
+        return note
     return ""

@@ -19,6 +19,8 @@ participant      commands                            injected behaviour (driven 
                  ``refund`` {charge_id}              ``4000-0000-0000-0119`` →
                                                      ``processor_unavailable`` (retryable) on
                                                      attempt 1, success after
+``risk``         ``review`` {order_id, amount,       card ``4000-0000-0000-4954`` →
+                 card} → {review_id, verdict}        ``fraud_suspected`` (not retryable)
 ``shipping``     ``create_shipment`` {order_id,      an address containing ``slow`` sleeps 5 s
                  address} → {tracking_number}        before answering, ``slow:<duration>``
                                                      (``500ms``, ``3s``, ``1m``) that long; an
@@ -37,4 +39,10 @@ participant      commands                            injected behaviour (driven 
 A missing or mistyped input field fails with ``invalid_input`` (not retryable) everywhere.
 Every handler also honours an optional ``"_delay"`` input field (a duration such as
 ``"2s"``): it sleeps that long first, to trip a short step timeout on purpose.
+
+No example participant publishes ``payment.authorized``, the event ``trip-booking`` waits
+for: it stands for a payment provider outside the saga. ``saga-coordinator demo`` publishes
+it; next to ``saga-coordinator dev --examples``, publish it on the events exchange or send it
+with ``saga-coordinator sagas send-event SAGA_ID payment.authorized --body
+'{"trip_id": "t-1", "authorization_id": "au-1"}'``.
 """

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import uuid
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 from participants import Delivery, Participant, StepError
 
-__all__ = ["delay_from", "main", "maybe_delay", "require", "undo_target"]
+__all__ = ["Ledger", "amount", "delay_from", "main", "maybe_delay", "require", "undo_target"]
 
 T = TypeVar("T")
 
@@ -54,6 +56,24 @@ def require(data: dict[str, Any], key: str, kind: type[T] | tuple[type, ...]) ->
     return value  # type: ignore[return-value]
 
 
+def amount(value: Any) -> Decimal:
+    """A positive amount of money from a JSON number or numeric string.
+
+    Raises:
+        StepError: ``invalid_input`` when it is not a number, ``invalid_amount`` when it is
+            not positive.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise StepError("invalid_input", "input field 'amount' must be a number")
+    try:
+        parsed = Decimal(str(value))
+    except InvalidOperation:
+        raise StepError("invalid_input", f"amount {value!r} is not a number") from None
+    if not parsed.is_finite() or parsed <= 0:
+        raise StepError("invalid_amount", f"amount {value!r} must be positive")
+    return parsed
+
+
 def undo_target(data: dict[str, Any], key: str, delivery: Delivery) -> str:
     """What a compensation undoes: ``data[key]``, else the action's recorded output.
 
@@ -69,6 +89,30 @@ def undo_target(data: dict[str, Any], key: str, delivery: Delivery) -> str:
     if not isinstance(value, str):
         raise StepError("invalid_input", f"input field {key!r} is missing or not a string")
     return value
+
+
+class Ledger:
+    """What an example participant did and may undo, by id (its database, in a real
+    service): ``add`` records an action's result under a new id; ``undo`` is the
+    compensation handler that removes the entry its input (or the action's output) names.
+    """
+
+    def __init__(self, prefix: str, key: str, undone: str) -> None:
+        """Ids look like ``<prefix>-<12 hex digits>`` and travel in the field ``key``;
+        ``undo`` answers ``{key: id, undone: whether there was such an entry}``."""
+        self.prefix, self.key, self.undone = prefix, key, undone
+        self.entries: dict[str, Any] = {}
+
+    def add(self, value: Any) -> dict[str, Any]:
+        """Record ``value`` under a new id; the action's output ``{key: id}``."""
+        entry_id = f"{self.prefix}-{uuid.uuid4().hex[:12]}"
+        self.entries[entry_id] = value
+        return {self.key: entry_id}
+
+    async def undo(self, input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
+        await maybe_delay(input)
+        target = undo_target(input, self.key, delivery)
+        return {self.key: target, self.undone: self.entries.pop(target, None) is not None}
 
 
 async def maybe_delay(data: dict[str, Any]) -> None:

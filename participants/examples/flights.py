@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, StepError
-from participants.examples._common import main, maybe_delay, require, undo_target
+from participants.examples._common import Ledger, main, maybe_delay, require
 
 __all__ = ["NAME", "build"]
 
@@ -16,7 +15,7 @@ NAME = "flights"
 def build(**settings: Any) -> Participant:
     """A ``flights`` participant; ``settings`` are ``ParticipantSettings`` fields."""
     participant = Participant.from_settings(NAME, ParticipantSettings(**settings))
-    bookings: dict[str, str] = {}
+    bookings = Ledger("fl", "booking_id", "cancelled")
 
     @participant.action("book_flight")
     async def book_flight(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
@@ -25,16 +24,9 @@ def build(**settings: Any) -> Participant:
         flight = require(input, "flight", str)
         if flight == "SOLD-OUT":
             raise StepError("no_seats", f"flight {flight} has no seats left")
-        booking_id = f"fl-{uuid.uuid4().hex[:12]}"
-        bookings[booking_id] = flight
-        return {"booking_id": booking_id}
+        return bookings.add(flight)
 
-    @participant.compensation("cancel_flight")
-    async def cancel_flight(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        await maybe_delay(input)
-        booking_id = undo_target(input, "booking_id", delivery)
-        return {"booking_id": booking_id, "cancelled": bookings.pop(booking_id, None) is not None}
-
+    participant.compensation("cancel_flight")(bookings.undo)
     return participant
 
 

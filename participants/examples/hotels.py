@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, StepError
-from participants.examples._common import delay_from, main, maybe_delay, require, undo_target
+from participants.examples._common import Ledger, delay_from, main, maybe_delay, require
 
 __all__ = ["NAME", "build"]
 
@@ -17,7 +16,7 @@ NAME = "hotels"
 def build(**settings: Any) -> Participant:
     """A ``hotels`` participant; ``settings`` are ``ParticipantSettings`` fields."""
     participant = Participant.from_settings(NAME, ParticipantSettings(**settings))
-    bookings: dict[str, str] = {}
+    bookings = Ledger("ht", "booking_id", "cancelled")
 
     @participant.action("book_room")
     async def book_room(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
@@ -32,16 +31,9 @@ def build(**settings: Any) -> Participant:
             await asyncio.sleep(delay)
         if hotel == "FULL":
             raise StepError("no_rooms", f"hotel {hotel} has no rooms left")
-        booking_id = f"ht-{uuid.uuid4().hex[:12]}"
-        bookings[booking_id] = hotel
-        return {"booking_id": booking_id}
+        return bookings.add(hotel)
 
-    @participant.compensation("cancel_room")
-    async def cancel_room(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        await maybe_delay(input)
-        booking_id = undo_target(input, "booking_id", delivery)
-        return {"booking_id": booking_id, "cancelled": bookings.pop(booking_id, None) is not None}
-
+    participant.compensation("cancel_room")(bookings.undo)
     return participant
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, StepError
-from participants.examples._common import main, maybe_delay, require, undo_target
+from participants.examples._common import Ledger, main, maybe_delay, require
 
 __all__ = ["NAME", "build"]
 
@@ -16,7 +15,7 @@ NAME = "inventory"
 def build(**settings: Any) -> Participant:
     """An ``inventory`` participant; ``settings`` are ``ParticipantSettings`` fields."""
     participant = Participant.from_settings(NAME, ParticipantSettings(**settings))
-    reservations: dict[str, list[dict[str, Any]]] = {}
+    reservations = Ledger("r", "reservation_id", "released")
 
     @participant.action("reserve_stock")
     async def reserve_stock(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
@@ -34,17 +33,9 @@ def build(**settings: Any) -> Participant:
                 raise StepError("invalid_quantity", f"{sku}: quantity {qty} is below 1")
             if sku.startswith("OOS-"):
                 raise StepError("out_of_stock", f"{sku} is out of stock")
-        reservation_id = f"r-{uuid.uuid4().hex[:12]}"
-        reservations[reservation_id] = items
-        return {"reservation_id": reservation_id}
+        return reservations.add(items)
 
-    @participant.compensation("release_stock")
-    async def release_stock(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
-        await maybe_delay(input)
-        reservation_id = undo_target(input, "reservation_id", delivery)
-        released = reservations.pop(reservation_id, None) is not None
-        return {"reservation_id": reservation_id, "released": released}
-
+    participant.compensation("release_stock")(reservations.undo)
     return participant
 
 

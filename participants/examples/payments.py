@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from participants import Delivery, Participant, ParticipantSettings, RetryableError, StepError
-from participants.examples._common import main, maybe_delay, require, undo_target
+from participants.examples._common import amount, main, maybe_delay, require, undo_target
 
 __all__ = ["CARD_DECLINED", "CARD_FLAKY", "NAME", "build"]
 
@@ -16,18 +15,6 @@ NAME = "payments"
 CARD_DECLINED = "4000-0000-0000-0002"
 #: ``processor_unavailable`` (retryable) on attempt 1, success after.
 CARD_FLAKY = "4000-0000-0000-0119"
-
-
-def _amount(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise StepError("invalid_input", "input field 'amount' must be a number")
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise StepError("invalid_input", f"amount {value!r} is not a number") from None
-    if not amount.is_finite() or amount <= 0:
-        raise StepError("invalid_amount", f"amount {value!r} must be positive")
-    return amount
 
 
 def build(**settings: Any) -> Participant:
@@ -39,22 +26,21 @@ def build(**settings: Any) -> Participant:
     async def charge(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
         await maybe_delay(input)
         require(input, "order_id", (str, int))
-        amount = _amount(input.get("amount"))
+        charged = amount(input.get("amount"))
         card = require(input, "card", str)
         if card == CARD_DECLINED:
             raise StepError("card_declined", "the issuer declined the card")
         if card == CARD_FLAKY and delivery.attempt == 1:
             raise RetryableError("processor_unavailable", "the card processor did not answer")
         charge_id = f"ch-{uuid.uuid4().hex[:12]}"
-        charges[charge_id] = str(amount)
-        return {"charge_id": charge_id, "amount": str(amount)}
+        charges[charge_id] = str(charged)
+        return {"charge_id": charge_id, "amount": str(charged)}
 
     @participant.compensation("refund")
     async def refund(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
         await maybe_delay(input)
         charge_id = undo_target(input, "charge_id", delivery)
-        amount = charges.pop(charge_id, None)
-        return {"charge_id": charge_id, "refunded": amount}
+        return {"charge_id": charge_id, "refunded": charges.pop(charge_id, None)}
 
     return participant
 

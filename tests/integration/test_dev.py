@@ -113,7 +113,7 @@ def cleanup_topology(amqp_url: str, prefix: str) -> object:
             broker = Broker(await connection.channel(), prefix)
             await broker.delete_topology(
                 f"{prefix}.{name}.commands"
-                for name in ("inventory", "payments", "shipping", "flights", "hotels")
+                for name in ("inventory", "risk", "payments", "shipping", "flights", "hotels")
             )
 
     asyncio.run(delete())
@@ -132,13 +132,23 @@ def test_dev_runs_the_examples_keeps_its_data_and_stops_cleanly_on_ctrl_c(
             assert f"{dev.url}{path}" in banner
         assert f"export SAGA_MONGODB_URL='mongodb://127.0.0.1:{db_port}/" in banner
         assert f"export SAGA_API_URL={dev.url}" in banner
-        for path in ("/openapi.json", "/docs", "/metrics", "/readyz"):
+        assert "examples     inventory, risk, payments, shipping, flights, hotels" in banner
+        for path in ("/openapi.json", "/docs", "/metrics", "/readyz", "/ui"):
             assert httpx.get(f"{dev.url}{path}").status_code == 200, path
 
         started = httpx.post(f"{dev.url}/v1/sagas", json=ORDER)
         assert started.status_code == 201, started.text
         saga_id = started.json()["id"]
         wait_status(dev.url, saga_id, "compensated")  # the example payments declines the card
+        large = {**ORDER["input"], "order_id": "o-dev-2", "total": 1500, "card": "4242"}
+        reviewed = httpx.post(
+            f"{dev.url}/v1/sagas",
+            json={"definition": "order-fulfillment", "key": "o-dev-2", "input": large},
+        )
+        assert reviewed.status_code == 201, reviewed.text
+        wait_status(dev.url, reviewed.json()["id"], "completed")  # reviewed by the example risk
+        steps = httpx.get(f"{dev.url}/v1/sagas/{reviewed.json()['id']}").json()["steps"]
+        assert [step["status"] for step in steps if step["name"] == "fraud-review"] == ["succeeded"]
 
         children = dev.children()
         assert len(children) == 1, children  # the database server

@@ -1,5 +1,6 @@
 """Routing faults, seen from the coordinator: commands nobody can receive, events nobody
-listens to, triggers that go away, an exchange from an older deployment, several brokers."""
+listens to, triggers that go away (or are retired), an exchange from an older deployment,
+several brokers."""
 
 from __future__ import annotations
 
@@ -142,6 +143,47 @@ async def test_a_trigger_that_goes_away_is_unbound(
         await broker.event("t.go", {"id": "after"})
         await unrouted(broker, within=2.0)
         assert len(await sagas.all()) == started
+    assert (await coordinator.terminate()) == 0
+
+
+async def test_a_retired_definition_starts_nothing_until_a_new_version_is_registered(
+    coordinators: Callable[..., Coordinator],
+    definitions_dir: Path,
+    participants: Callable[[str], Participant],
+    broker: Broker,
+    sagas: Sagas,
+) -> None:
+    """``POST /v1/definitions/{name}/retire`` removes the trigger's binding: its event is
+    routed nowhere (kept in ``{prefix}.unrouted``) until a new version binds it again."""
+    trigger = 'trigger: {event: t.go, key: "${event.id}"}'
+    write(definitions_dir, "v1", TRIGGERED.format(version=1, trigger=trigger))
+    coordinator = coordinators().start()
+    a = participants("a")
+    a.action("do")(succeeding(Recorder()))
+    async with running(a), httpx.AsyncClient(base_url=coordinator.url) as http:
+        await coordinator.wait_ready()
+        await broker.event("t.go", {"id": "before"})
+        await sagas.wait_terminal(1, within=20)
+
+        retired = await http.post("/v1/definitions/triggered/retire")
+        assert retired.status_code == 200, retired.text
+        assert retired.json()["retired"] is True
+        await broker.event("t.go", {"id": "retired"}, message_id="retired-1")
+        kept = await unrouted(broker)
+        assert [(m.message_id, m.routing_key) for m in kept] == [("retired-1", "t.go")]
+        assert [doc["key"] for doc in await sagas.all()] == ["before"]
+
+        v2 = TRIGGERED.format(version=2, trigger=trigger)
+        answer = await http.post(
+            "/v1/definitions", content=v2, headers={"content-type": "application/yaml"}
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["retired"] is False
+        await broker.event("t.go", {"id": "again"}, message_id="again-1")
+        docs = await sagas.wait_terminal(2, within=20)
+        again = next(doc for doc in docs if doc["key"] == "again")
+        assert again["definition_version"] == 2 and again["status"] == "completed"
+        assert await unrouted(broker, within=1.0) == []
     assert (await coordinator.terminate()) == 0
 
 

@@ -2,7 +2,8 @@
 
 The client runs as a user runs it (``python -m coordinator sagas …``); the coordinator is
 the test's own ``run`` process with SDK participants: one saga compensates (a failed
-charge), one fails for good (a compensation that cannot succeed) and is retried.
+charge), one fails for good (a compensation that cannot succeed) and is retried, one waits
+for an approval that ``send-event`` delivers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import httpx
 import pytest
 
 from participants import Delivery, Participant, StepError
-from tests.integration.helpers import ROOT, Coordinator, Sagas, running, write
+from tests.integration.helpers import (
+    ROOT,
+    Coordinator,
+    Recorder,
+    Sagas,
+    running,
+    succeeding,
+    write,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +235,96 @@ def test_send_event_refuses_a_body_that_is_not_an_object() -> None:
     )
     assert done.returncode == 1
     assert done.stderr.strip() == "error: --body must be a JSON object, not list"
+
+
+APPROVAL = """
+name: approval
+version: 1
+steps:
+  - name: reserve
+    participant: inventory
+    command: reserve
+    input: {sku: "${input.sku}"}
+  - name: approved
+    await: {event: order.approved, match: "${event.order_id}", equals: "${input.order_id}"}
+    timeout: 1m
+  - name: charge
+    participant: payments
+    command: charge
+    input: {approved_by: "${steps.approved.output.by}"}
+"""
+
+
+async def test_send_event_completes_a_waiting_await_step(
+    coordinators: Callable[..., Coordinator],
+    definitions_dir: Path,
+    participants: Callable[[str], Participant],
+    sagas: Sagas,
+    broker: object,
+) -> None:
+    write(definitions_dir, "approval", APPROVAL)
+    coordinator = coordinators().start()
+    await coordinator.wait_ready()
+    url = coordinator.url
+    inventory, payments = participants("inventory"), participants("payments")
+    inventory.action("reserve")(succeeding(Recorder(), {"reservation": "r-1"}))
+    charged: list[dict[str, Any]] = []
+
+    @payments.action("charge")
+    async def charge(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
+        charged.append(input)
+        return {"charge": "c-1"}
+
+    async with running(inventory, payments), httpx.AsyncClient(base_url=url) as http:
+        response = await http.post(
+            "/v1/sagas",
+            json={"definition": "approval", "input": {"sku": "book", "order_id": "o-7"}},
+        )
+        assert response.status_code == 201, response.text
+        saga = response.json()["id"]
+        await sagas.wait(
+            lambda docs: any(
+                step["name"] == "approved" and step["status"] == "waiting"
+                for doc in docs
+                for step in doc["steps"]
+            ),
+            what="the approval step waiting",
+        )
+
+        wrong = cli(
+            "send-event", saga, "order.approved", "--body", '{"order_id": "o-8"}', "--url", url
+        )
+        assert wrong.returncode == 1
+        assert wrong.stderr.startswith(f"error: POST /v1/sagas/{saga}/events: 409 Conflict")
+        other = cli(
+            "send-event", saga, "order.shipped", "--body", '{"order_id": "o-7"}', "--url", url
+        )
+        assert other.returncode == 1 and "409 Conflict" in other.stderr
+
+        body = '{"order_id": "o-7", "by": "ana"}'
+        sent = cli(
+            "send-event",
+            saga,
+            "order.approved",
+            "--body",
+            body,
+            "--message-id",
+            "ok-1",
+            "--url",
+            url,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.strip().startswith(f"send-event: accepted; saga {saga} is ")
+        await sagas.wait(
+            lambda docs: any(d["_id"] == saga and d["status"] == "completed" for d in docs),
+            what="the approved saga completed",
+        )
+        steps = (await http.get(f"/v1/sagas/{saga}")).json()["steps"]
+    assert charged == [{"approved_by": "ana"}]
+    shown = cli("show", saga, "--url", url)
+    assert shown.returncode == 0, shown.stderr
+    assert "event.received                approved action #1" in shown.stdout
+    assert "order.approved, message ok-1" in " ".join(shown.stdout.split())
+    approved = next(step for step in steps if step["name"] == "approved")
+    assert approved["status"] == "succeeded"
+    assert approved["output"] == {"order_id": "o-7", "by": "ana"}

@@ -1,10 +1,12 @@
-"""compose.yaml stays true to the code: it parses, and what it names exists.
+"""compose.yaml and the Dockerfile stay true to the code: compose.yaml parses, and what it
+names exists.
 
-Two stacks: the default one (a broker, a database, one coordinator, the example
-participants) and the ``production`` profile (three clustered RabbitMQ nodes, a three-member
-MongoDB replica set written with ``w=majority``, two coordinator replicas listing every
-broker, the API behind tokens). No Docker engine is needed: the file is read, its
-``${VAR:-default}`` references resolved to their defaults.
+Three stacks: the default one (a broker, a database, one coordinator, no definitions), the
+``examples`` profile (the example participants, and the definitions of ``schemas/``
+registered once), and the ``production`` profile (three clustered RabbitMQ nodes, a
+three-member MongoDB replica set written with ``w=majority``, two coordinator replicas
+listing every broker, the API behind tokens). No Docker engine is needed: the file is read,
+its ``${VAR:-default}`` references resolved to their defaults.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def test_every_participant_service_runs_an_existing_example_module() -> None:
     modules = [service["command"][0] for service in services.values() if _is_participant(service)]
     assert sorted(modules) == [
         f"participants.examples.{name}"
-        for name in ("flights", "hotels", "inventory", "payments", "shipping")
+        for name in ("flights", "hotels", "inventory", "payments", "risk", "shipping")
     ]
     for module in modules:
         assert importlib.util.find_spec(module) is not None, module
@@ -71,8 +73,10 @@ def test_every_saga_variable_names_a_real_setting() -> None:
     coordinators = {n: s for n, s in services.items() if _is_coordinator(s)}
     participants = {n: s for n, s in services.items() if _is_participant(s)}
     assert set(coordinators) == {"coordinator", "coordinator-1", "coordinator-2"}
+    # The one-off `saga-coordinator register` of the examples reads the coordinator's settings.
+    commands = {**coordinators, "register-examples": services["register-examples"]}
     for fields, group in (
-        (CoordinatorSettings.model_fields, coordinators),
+        (CoordinatorSettings.model_fields, commands),
         (ParticipantSettings.model_fields, participants),
     ):
         for name, service in group.items():
@@ -80,17 +84,53 @@ def test_every_saga_variable_names_a_real_setting() -> None:
                 assert variable.startswith("SAGA_"), (name, variable)
                 assert variable.removeprefix("SAGA_").lower() in fields, (name, variable)
     for name, service in services.items():
-        if not (_is_coordinator(service) or _is_participant(service)):
+        if name not in commands and not _is_participant(service):
             names = [v for v in service.get("environment", {}) if v.startswith("SAGA_")]
             assert not names, (name, names)
 
 
-def test_coordinators_run_a_real_command_on_the_definitions() -> None:
+def test_coordinators_run_a_real_command_and_register_no_example() -> None:
     for name, service in _compose()["services"].items():
         if _is_coordinator(service):
             assert cli_parser().parse_args(service["command"]).command == "run", name
-            assert service["volumes"] == ["./schemas:/definitions:ro"], name
+            assert "./schemas:/definitions:ro" not in service.get("volumes", []), name
+    for name, service in _services("production").items():
+        if _is_coordinator(service):  # the operator's own definitions, registered at start
+            assert service["volumes"] == ["./definitions:/definitions:ro"], name
             assert service["environment"]["SAGA_DEFINITIONS_DIR"] == "/definitions", name
+
+
+def test_the_examples_run_and_register_only_with_their_profile() -> None:
+    services = _compose()["services"]
+    examples = {
+        name
+        for name, service in services.items()
+        if service.get("entrypoint") == ["python", "-m"] or name == "register-examples"
+    }
+    for name, service in services.items():
+        assert (service.get("profiles") == ["examples"]) == (name in examples), name
+    register = services["register-examples"]
+    assert register["volumes"] == ["./schemas:/definitions:ro"]
+    assert register["entrypoint"] == ["sh", "-c"]
+    assert register["command"] == ["saga-coordinator register /definitions/*.yaml"]
+    assert register["depends_on"]["mongodb"]["condition"] == "service_healthy"
+    assert sorted((ROOT / "schemas").glob("*.yaml"))  # what the glob registers
+
+
+def test_the_image_registers_no_definition_by_default() -> None:
+    instructions = [
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    ]
+    assert instructions and not [line for line in instructions if "SAGA_DEFINITIONS_DIR" in line]
+
+
+def test_the_default_coordinator_registers_nothing() -> None:
+    coordinator = _compose()["services"]["coordinator"]
+    assert coordinator["command"] == ["run"]
+    assert "SAGA_DEFINITIONS_DIR" not in coordinator["environment"]  # no examples unless asked
+    assert "volumes" not in coordinator
 
 
 def test_services_wait_for_healthy_dependencies() -> None:

@@ -69,6 +69,36 @@ def test_entries_show_offset_event_where_and_the_note_worth_reading() -> None:
     assert timeline(SAGA, history) == header_lines(SAGA) + lines
 
 
+def test_await_entries_name_the_event_its_value_and_the_message() -> None:
+    history = [
+        entry(
+            "2026-11-25T17:13:00Z",
+            "await.waiting",
+            step="payment-authorized",
+            detail={"event_type": "payment.authorized", "value": "t-1", "deadline": None},
+        ),
+        entry(
+            "2026-11-25T17:13:00.5Z",
+            "event.received",
+            step="payment-authorized",
+            kind="action",
+            attempt=1,
+            detail={"event_type": "payment.authorized", "message_id": "au-1"},
+        ),
+    ]
+    first, second = entry_lines(SAGA, history)
+    assert first.split() == [
+        "+",
+        "0.00s",
+        "await.waiting",
+        "payment-authorized",
+        "payment.authorized",
+        "=",
+        "t-1",
+    ]
+    assert second.endswith("payment-authorized action #1     payment.authorized, message au-1")
+
+
 def test_a_long_note_wraps_at_word_boundaries_under_its_column_and_loses_nothing() -> None:
     error = {"code": "late", "message": LONG, "retryable": False}
     lines = entry_lines(

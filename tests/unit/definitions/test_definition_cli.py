@@ -40,22 +40,43 @@ def test_graph_order_fulfillment(capsys: pytest.CaptureFixture[str]) -> None:
     for expected in [
         '    start(["start: order.placed"])',
         '    s0["reserve-stock<br/>inventory.reserve_stock"]',
-        '    s2{{"ship-order<br/>shipping.create_shipment<br/>(pivot)"}}',
-        '    c1["undo charge-payment<br/>payments.refund"]:::compensation',
+        '    s1["fraud-review<br/>risk.review"]',
+        '    s3{{"ship-order<br/>shipping.create_shipment<br/>(pivot)"}}',
+        '    c2["undo charge-payment<br/>payments.refund"]:::compensation',
         "    start --> s0",
-        "    s0 --> s1",
+        '    s0 -->|"if: input.total >= 1000 && !has(input.trusted)"| s1',
+        "    s0 -. else: skipped .-> s2",
         "    s1 --> s2",
-        "    s2 --> done",
+        "    s2 --> s3",
+        "    s3 --> done",
         "    s0 -. fails .-> compensated",
         "    s1 -. fails .-> c0",
-        "    s2 -. fails .-> c1",
-        "    s1 -. times out .-> c1",
-        "    c1 -.-> c0",
+        "    s2 -. fails .-> c0",
+        "    s3 -. fails .-> c2",
+        "    s2 -. times out .-> c2",
+        "    c2 -.-> c0",
         "    c0 -.-> compensated",
     ]:
         assert expected in lines
-    assert not any(line.strip().startswith("c2") for line in lines)
+    assert not any(line.strip().startswith(("c1", "c3")) for line in lines)
     assert "failed" not in "\n".join(lines)
+
+
+def test_graph_trip_booking(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["graph", TRIP]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for expected in [
+        '    s0[/"payment-authorized<br/>await payment.authorized"/]',
+        '    subgraph g2["book-travel (parallel)"]',
+        '    s2["book-flight<br/>flights.book_flight"]',
+        '    s3["book-hotel<br/>hotels.book_room"]',
+        "    s1 --> f2",
+        "    s3 -. times out .-> c3",
+        "    c2 -.-> c1",
+        "    c3 -.-> c1",
+        "    c1 -.-> compensated",
+    ]:
+        assert expected in lines
 
 
 def test_graph_steps_after_pivot_lead_to_failed(

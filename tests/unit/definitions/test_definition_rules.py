@@ -36,12 +36,18 @@ def step(name: str, extra: str = "") -> str:
 def test_examples_load(file: str) -> None:
     definition = load_file(SCHEMAS / file)
     assert isinstance(definition, SagaDefinition)
-    assert definition.version == 1
+    assert definition.version == 2
 
 
 def test_order_fulfillment_example() -> None:
     definition = load_file(SCHEMAS / "order-fulfillment.yaml")
-    assert [s.name for s in definition.steps] == ["reserve-stock", "charge-payment", "ship-order"]
+    assert [s.name for s in definition.steps] == [
+        "reserve-stock",
+        "fraud-review",
+        "charge-payment",
+        "ship-order",
+    ]
+    assert definition.step("fraud-review").when == "input.total >= 1000 && !has(input.trusted)"
     assert definition.trigger is not None and definition.trigger.key == "${event.order_id}"
     assert definition.step("ship-order").pivot
     assert definition.defaults.retry.max_attempts == 3

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from participants import Delivery, Participant, RetryableError, StepError
-from participants.examples import flights, hotels, inventory, payments, shipping
+from participants.examples import flights, hotels, inventory, payments, risk, shipping
 from participants.examples._common import delay_from, parse_duration
 
 SETTINGS = {"amqp_url": "amqp://", "mongodb_url": "mongodb://127.0.0.1:1/"}
@@ -61,6 +61,17 @@ async def test_payments() -> None:
         await handler({**order, "amount": -1}, delivery(2))
 
 
+async def test_risk() -> None:
+    participant = risk.build(**SETTINGS)
+    order = {"order_id": "o", "amount": 1500, "card": "4242-4242-4242-4242"}
+    reviewed = await call(participant, "action", "review", order)
+    assert reviewed["review_id"].startswith("rv-") and reviewed["verdict"] == "approved"
+    with pytest.raises(StepError, match="fraud_suspected"):
+        await call(participant, "action", "review", {**order, "card": risk.CARD_HIGH_RISK})
+    with pytest.raises(StepError, match="invalid_amount"):
+        await call(participant, "action", "review", {**order, "amount": 0})
+
+
 async def test_shipping_flights_hotels() -> None:
     ship = shipping.build(**SETTINGS)
     output = await call(ship, "action", "create_shipment", {"order_id": 1, "address": "x"})
@@ -73,4 +84,10 @@ async def test_shipping_flights_hotels() -> None:
         await call(hotel, "action", "book_room", {"trip_id": 1, "hotel": "FULL", "nights": 2})
     booked = await call(hotel, "action", "book_room", {"trip_id": 1, "hotel": "Ritz", "nights": 2})
     cancelled = await call(hotel, "compensation", "cancel_room", booked)
-    assert cancelled["cancelled"] is True
+    assert cancelled == {"booking_id": booked["booking_id"], "cancelled": True}
+    again = await call(hotel, "compensation", "cancel_room", booked)
+    assert again["cancelled"] is False
+    booked = await call(flight, "action", "book_flight", {"trip_id": 1, "flight": "LH-400"})
+    assert booked["booking_id"].startswith("fl-")
+    cancelled = await call(flight, "compensation", "cancel_flight", booked)
+    assert cancelled == {"booking_id": booked["booking_id"], "cancelled": True}
