@@ -51,7 +51,7 @@ from pymongo.errors import (
     WriteError,
 )
 
-from schemas.batching import GroupCommit
+from schemas.batching import GroupCommit, one_by_one
 
 __all__ = ["RecordWrites"]
 
@@ -108,7 +108,9 @@ class RecordWrites:
             details = exc.details
         except (PyMongoError, ValueError, TypeError, OverflowError) as exc:
             if len(batch) > 1 and not isinstance(exc, ConnectionFailure):
-                return await self._one_by_one(batch)
+                # Part of the batch may have landed: a write that now finds its own owner
+                # token in place (a duplicate claim, an unmatched final write) had landed.
+                return await one_by_one(batch, self._flush, self._settle)
             raise
         outcomes: list[bool | BaseException] = [True] * len(batch)
         for error in details.get("writeErrors", []):
@@ -127,23 +129,6 @@ class RecordWrites:
                 outcomes[index] = matched > 0
         elif matched < len(finals):
             await self._settle(batch, finals, outcomes)
-        return outcomes
-
-    async def _one_by_one(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
-        """After a batch failed as a whole: each write alone, so only a faulty one fails.
-
-        Part of the batch may have landed before the failure: a write that now finds its
-        own owner token in place (a duplicate claim, an unmatched final write) had landed.
-        """
-        outcomes: list[bool | BaseException] = []
-        for write in batch:
-            try:
-                outcomes.extend(await self._flush([write]))
-            except Exception as exc:
-                outcomes.append(exc)
-        lost = [index for index, outcome in enumerate(outcomes) if outcome is False]
-        if lost:
-            await self._settle(batch, lost, outcomes)
         return outcomes
 
     async def _settle(

@@ -11,7 +11,7 @@ or an exception that only that item's caller sees. An exception raised by the fl
 itself fails every item of the batch.
 
 The coordinator's saga store and the participant SDK's idempotency records both write
-through it.
+through it, and both fall back on ``one_by_one`` when a batch fails as a whole.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "one_by_one"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 Flush = Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]]
+Outcomes = list[bool | BaseException]
 
 
 class GroupCommit(Generic[T, R]):
@@ -90,3 +91,29 @@ class GroupCommit(Generic[T, R]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+async def one_by_one(
+    batch: Sequence[T],
+    write: Callable[[Sequence[T]], Awaitable[Outcomes]],
+    settle: Callable[[Sequence[T], list[int], Outcomes], Awaitable[None]],
+    *,
+    errors: type[Exception] | tuple[type[Exception], ...] = Exception,
+) -> Outcomes:
+    """After a batch failed as a whole: ``write`` each item alone, so only a faulty one fails
+    (its exception, if one of ``errors``, is its outcome).
+
+    Part of the batch may have landed before the failure, so an item whose write now does
+    not land (False) may have landed then: ``settle(batch, indexes, outcomes)`` sets the
+    outcomes of those items from what is stored.
+    """
+    outcomes: Outcomes = []
+    for item in batch:
+        try:
+            outcomes.extend(await write([item]))
+        except errors as exc:
+            outcomes.append(exc)
+    lost = [index for index, outcome in enumerate(outcomes) if outcome is False]
+    if lost:
+        await settle(batch, lost, outcomes)
+    return outcomes

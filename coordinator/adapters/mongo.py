@@ -87,7 +87,7 @@ from coordinator.adapters.monitor import RoundTripCounter
 from coordinator.engine.state import SagaState
 from coordinator.errors import AdapterError, StoreUnavailable, UnstorableData
 from coordinator.ports import BufferedEvent, DuplicateSaga, StoredDefinition, WaitingSaga
-from schemas.batching import GroupCommit
+from schemas.batching import GroupCommit, one_by_one
 from schemas.definition import SagaDefinition
 
 __all__ = [
@@ -376,7 +376,11 @@ class MongoSagaStore:
             details = exc.details
         except DRIVER_ERRORS as exc:
             if len(batch) > 1 and not isinstance(exc, ConnectionFailure):
-                return await self._write_one_by_one(batch)
+                # Part of the batch may have landed: a write that now finds its own token
+                # in place (a duplicate insert, an unmatched replace) had landed then.
+                return await one_by_one(
+                    batch, self._write_batch, self._settle_by_token, errors=AdapterError
+                )
             raise store_error(exc, "save sagas") from exc
         if details.get("writeConcernErrors"):
             concern = details["writeConcernErrors"][0].get("errmsg", "")
@@ -412,23 +416,6 @@ class MongoSagaStore:
                 outcomes[index] = matched > 0
         elif matched < len(replaced):
             await self._settle_by_token(batch, replaced, outcomes)
-        return outcomes
-
-    async def _write_one_by_one(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
-        """After a batch failed as a whole: each write alone, so only a faulty one fails.
-
-        Part of the batch may have landed before the failure; a write that now finds its
-        own token in place (a duplicate insert, an unmatched replace) had landed then.
-        """
-        outcomes: list[bool | BaseException] = []
-        for write in batch:
-            try:
-                outcomes.extend(await self._write_batch([write]))
-            except AdapterError as exc:
-                outcomes.append(exc)
-        lost = [index for index, outcome in enumerate(outcomes) if outcome is False]
-        if lost:
-            await self._settle_by_token(batch, lost, outcomes)
         return outcomes
 
     async def _settle_by_token(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from schemas.batching import GroupCommit
+from schemas.batching import GroupCommit, one_by_one
 
 
 class Recorder:
@@ -121,3 +121,43 @@ async def test_drain_waits_for_the_flushes_in_flight() -> None:
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         GroupCommit(Recorder().flush, max_batch=0)
+
+
+async def test_one_by_one_writes_each_item_alone_and_settles_only_the_lost() -> None:
+    written: list[list[int]] = []
+    settled: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[bool | BaseException]:
+        written.append(list(items))
+        [item] = items
+        if item == 3:
+            raise ValueError("three")
+        if item == 4:
+            raise KeyError("four")
+        return [item % 2 == 0]
+
+    async def settle(
+        items: Sequence[int], indexes: list[int], outcomes: list[bool | BaseException]
+    ) -> None:
+        settled.append(indexes)
+        for index in indexes:
+            outcomes[index] = items[index] == 5  # 5 is found stored, 1 is not
+
+    batch = [1, 2, 3, 5]
+    outcomes = await one_by_one(batch, write, settle, errors=ValueError)
+    assert written == [[1], [2], [3], [5]]
+    assert settled == [[0, 3]]
+    assert outcomes[:2] == [False, True] and outcomes[3] is True
+    assert isinstance(outcomes[2], ValueError)
+    with pytest.raises(KeyError):  # not one of ``errors``: the whole fallback fails
+        await one_by_one([4], write, settle, errors=ValueError)
+
+
+async def test_one_by_one_settles_nothing_when_every_item_lands() -> None:
+    async def write(items: Sequence[int]) -> list[bool | BaseException]:
+        return [True]
+
+    async def settle(*_: object) -> None:
+        raise AssertionError("nothing was lost")
+
+    assert await one_by_one([1, 2], write, settle) == [True, True]
