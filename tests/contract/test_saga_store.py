@@ -107,20 +107,6 @@ def saga(
 
 
 # -- fixtures ---------------------------------------------------------------------------
-@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.integration)])
-def backend(request: pytest.FixtureRequest) -> SagaStore:
-    if request.param == "memory":
-        return InMemorySagaStore()
-    client: AsyncMongoClient[Any] = request.getfixturevalue("mongo")
-    return MongoSagaStore(client, request.getfixturevalue("database_name"))
-
-
-@pytest.fixture
-async def store(backend: SagaStore) -> SagaStore:
-    await backend.ensure_indexes()
-    return backend
-
-
 @pytest.fixture
 def counter() -> RoundTripCounter:
     return RoundTripCounter()

@@ -14,11 +14,10 @@ import asyncio
 import itertools
 import random
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import bson
 import pytest
-from pymongo import AsyncMongoClient
 
 from coordinator.adapters import InMemorySagaStore, MongoSagaStore, as_stored
 from coordinator.adapters.mongo_updates import saga_update
@@ -124,20 +123,6 @@ def states(messages: list[Input], history_limit: int) -> list[SagaState]:
     return found
 
 
-@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.integration)])
-def backend(request: pytest.FixtureRequest) -> SagaStore:
-    if request.param == "memory":
-        return InMemorySagaStore()
-    client: AsyncMongoClient[Any] = request.getfixturevalue("mongo")
-    return MongoSagaStore(client, request.getfixturevalue("database_name"))
-
-
-@pytest.fixture
-async def store(backend: SagaStore) -> SagaStore:
-    await backend.ensure_indexes()
-    return backend
-
-
 @pytest.mark.parametrize("history_limit", [1000, 3])
 @pytest.mark.parametrize("run", sorted(RUNS))
 async def test_every_transition_saved_from_its_base_comes_back_exactly(
@@ -215,10 +200,9 @@ async def test_the_size_budget_counts_the_whole_document_not_the_update(
 
 @pytest.mark.integration
 async def test_an_update_the_server_refuses_is_tried_as_a_replace(
-    mongo: AsyncMongoClient[Any], database_name: str
+    mongo_store: MongoSagaStore,
 ) -> None:
-    store = MongoSagaStore(mongo, database_name)
-    await store.ensure_indexes()
+    store = mongo_store
     sequence = states(RUNS["completes"], 1000)
     base, new = sequence[0], sequence[1]
     await store.insert_saga(base)
@@ -243,10 +227,9 @@ async def test_an_update_the_server_refuses_is_tried_as_a_replace(
 
 @pytest.mark.integration
 async def test_a_timer_claim_is_replaced_by_the_transitions_wake_at(
-    mongo: AsyncMongoClient[Any], database_name: str
+    mongo_store: MongoSagaStore,
 ) -> None:
-    store = MongoSagaStore(mongo, database_name)
-    await store.ensure_indexes()
+    store = mongo_store
     base, new = states(RUNS["completes"], 1000)[:2]
     assert base.wake_at is not None and new.wake_at is not None
     await store.insert_saga(base)
@@ -259,10 +242,9 @@ async def test_a_timer_claim_is_replaced_by_the_transitions_wake_at(
 
 @pytest.mark.integration
 async def test_cleared_outbox_entries_stay_cleared_when_a_save_leaves_the_outbox(
-    mongo: AsyncMongoClient[Any], database_name: str
+    mongo_store: MongoSagaStore,
 ) -> None:
-    store = MongoSagaStore(mongo, database_name)
-    await store.ensure_indexes()
+    store = mongo_store
     base = states([], 1000)[0]
     assert len(base.outbox) == 1
     await store.insert_saga(base)
