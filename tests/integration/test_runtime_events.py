@@ -94,6 +94,14 @@ steps:
 """
 
 
+def serve_guarded_a(a: Participant, recorder: Recorder) -> None:
+    """Participant ``a`` of ``GUARDED``: its actions and compensations all succeed."""
+    a.action("reserve")(succeeding(recorder))
+    a.compensation("release")(succeeding(recorder))
+    a.action("pack")(succeeding(recorder))
+    a.compensation("unpack")(succeeding(recorder))
+
+
 def by_name(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {step["name"]: step for step in doc["steps"]}
 
@@ -156,9 +164,7 @@ async def test_a_parallel_failure_compensates_both_branches_then_the_steps_befor
     coordinator = coordinators().start()
     recorder = Recorder()
     a, b = participants("a"), participants("b")
-    for command in ("reserve", "release", "pack", "unpack"):
-        kind = a.compensation if command in ("release", "unpack") else a.action
-        kind(command)(succeeding(recorder))
+    serve_guarded_a(a, recorder)
 
     @b.action("print_label")
     async def refuse(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
@@ -189,9 +195,7 @@ async def test_an_await_timeout_compensates(
     coordinator = coordinators().start()
     recorder = Recorder()
     a, b = participants("a"), participants("b")
-    for command in ("reserve", "release", "pack", "unpack"):
-        kind = a.compensation if command in ("release", "unpack") else a.action
-        kind(command)(succeeding(recorder))
+    serve_guarded_a(a, recorder)
     b.action("review")(succeeding(recorder))
     b.action("print_label")(succeeding(recorder))
     async with running(a, b):
