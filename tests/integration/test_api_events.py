@@ -3,18 +3,15 @@ the real app, MongoDB (SecantusDB) and RabbitMQ (the fixtures of ``test_api``)."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
-from coordinator.adapters.rabbit import RabbitBroker
-from tests.integration.test_api import Api, assert_problem, make_api, rabbit, register
+from tests.integration.test_api import Api, api, assert_problem, rabbit, register
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["rabbit"]  # the fixture, used by ``api``
+__all__ = ["api", "rabbit"]  # the fixtures
 
 TRIP_YAML = """\
 name: trip
@@ -40,14 +37,6 @@ steps:
       match: ${event.trip_id}
       equals: ${input.trip_id}
 """
-
-
-@pytest.fixture
-async def api(
-    mongo: AsyncMongoClient[Any], database_name: str, rabbit: RabbitBroker
-) -> AsyncIterator[Api]:
-    async for built in make_api(mongo, database_name, rabbit):
-        yield built
 
 
 async def waiting_trip(api: Api) -> dict[str, Any]:
