@@ -25,11 +25,10 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from coordinator.adapters.mongo import MongoSagaStore
-from coordinator.engine.engine import Options
 from coordinator.engine.state import SagaState
 from coordinator.service import SagaService
 from tests.contract.test_saga_store import saga as stored_saga
-from tests.unit.test_runtime_service import DEFINITION, RecordingPublisher, succeeded
+from tests.unit.test_runtime_service import DEFINITION, RecordingPublisher, service_on, succeeded
 
 pytestmark = pytest.mark.integration
 
@@ -46,16 +45,7 @@ async def replica(
     store: MongoSagaStore, clock: Clock, ids: Any
 ) -> tuple[SagaService, RecordingPublisher]:
     publisher = RecordingPublisher()
-    service = SagaService(
-        store,
-        publisher,
-        options=Options(),
-        clock=clock,
-        random=lambda: 0.5,
-        new_id=lambda: next(ids),
-        relay_age=timedelta(seconds=5),
-    )
-    await service.refresh_definitions()
+    service = await service_on(store, publisher, clock, ids)
     return service, publisher
 
 

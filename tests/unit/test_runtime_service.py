@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ from coordinator.engine.engine import Options
 from coordinator.engine.messages import ReplyReceived
 from coordinator.engine.state import Command, SagaState
 from coordinator.errors import BrokerUnavailable, SagaNotFound, UnknownDefinition
+from coordinator.ports import SagaStore
 from coordinator.service import MessageRejected, SagaService
 from schemas.definition import SagaDefinition
 from schemas.envelope import SucceededReply
@@ -145,13 +146,13 @@ class RacingStore(InMemorySagaStore):
         return await super().save_saga(state, expected_revision, base)
 
 
-async def make_service(
-    store: RacingStore | None = None,
-) -> tuple[SagaService, RacingStore, RecordingPublisher, Clock]:
-    store = store or RacingStore()
-    publisher, clock = RecordingPublisher(), Clock()
-    ids = (f"s-{n}" for n in itertools.count(1))
-    await store.register_definition(DEFINITION, "source")
+async def service_on(
+    store: SagaStore,
+    publisher: RecordingPublisher,
+    clock: Callable[[], datetime],
+    ids: Iterator[str],
+) -> SagaService:
+    """A service with the tests' options, randomness and relay age, its definitions loaded."""
     service = SagaService(
         store,
         publisher,
@@ -162,6 +163,16 @@ async def make_service(
         relay_age=timedelta(seconds=5),
     )
     await service.refresh_definitions()
+    return service
+
+
+async def make_service(
+    store: RacingStore | None = None,
+) -> tuple[SagaService, RacingStore, RecordingPublisher, Clock]:
+    store = store or RacingStore()
+    publisher, clock = RecordingPublisher(), Clock()
+    await store.register_definition(DEFINITION, "source")
+    service = await service_on(store, publisher, clock, (f"s-{n}" for n in itertools.count(1)))
     return service, store, publisher, clock
 
 
