@@ -219,18 +219,10 @@ def _int_or_none(value: object) -> int | None:
 def _event(run: Run, message: EventReceived) -> None:
     """An event: completes the first waiting step it matches, at most once per message."""
     state = run.state
-    same = ("event_type", "message_id", "reason")
     if message.message_id is not None and any(
         step.event_id == message.message_id for step in state.steps
     ):
-        reason = "this event already completed a step"
-        run.record_repeat(
-            "event.ignored",
-            same,
-            reason=reason,
-            event_type=message.event_type,
-            message_id=message.message_id,
-        )
+        _event_ignored(run, message, "this event already completed a step")
         return
     if state.status == "running" and isinstance(message.body, dict):
         for entry in state.awaiting:
@@ -243,10 +235,14 @@ def _event(run: Run, message: EventReceived) -> None:
             if same_value(event_value(step_def.awaits.match, message.body), entry.value):
                 _event_matched(run, index, message)
                 return
-    reason = f"no step of this saga waits for it (saga {state.status})"
+    _event_ignored(run, message, f"no step of this saga waits for it (saga {state.status})")
+
+
+def _event_ignored(run: Run, message: EventReceived, reason: str) -> None:
+    """Record that ``message`` changed nothing (counted in place when it repeats)."""
     run.record_repeat(
         "event.ignored",
-        same,
+        ("event_type", "message_id", "reason"),
         reason=reason,
         event_type=message.event_type,
         message_id=message.message_id,
