@@ -1,13 +1,14 @@
 """Fixtures of the runtime tests: a definitions directory, the coordinator process factory,
-the test's broker connection, the sagas collection, clean-up of the test's topology, and a
-database server of the test's own."""
+the test's broker connection, the sagas collection, clean-up of the test's topology, a
+database server of the test's own, and the fault tests' workload."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import pytest
@@ -15,6 +16,9 @@ from pymongo import AsyncMongoClient
 
 from participants import Participant
 from tests.integration.helpers import Broker, Coordinator, DatabaseServer, Sagas, participant
+
+if TYPE_CHECKING:
+    from tests.integration.faults import Workload
 
 
 @pytest.fixture
@@ -98,6 +102,29 @@ def database_server(tmp_path: Path) -> Iterator[DatabaseServer]:
     server.start()
     yield server
     server.stop_now()
+
+
+@pytest.fixture
+def fault_workload(
+    definitions_dir: Path,
+    amqp_url: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    mongodb_url: str,
+    database_name: str,
+    prefix: str,
+) -> Callable[..., Workload]:
+    """``faults.workload(total, delay=…)`` on the test's definitions, broker and database."""
+    from tests.integration.faults import workload
+
+    return functools.partial(
+        workload,
+        definitions_dir=definitions_dir,
+        amqp_url=amqp_url,
+        mongo=mongo,
+        mongodb_url=mongodb_url,
+        database=database_name,
+        prefix=prefix,
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -16,6 +16,7 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from tests.integration.helpers import (
     history_events,
     participant,
     succeeding,
+    write,
 )
 
 MODE = os.environ.get("SAGA_FAULTS", "quick")
@@ -73,33 +75,6 @@ def pooled(mongodb_url: str) -> str:
     if "?" in mongodb_url:
         return f"{mongodb_url}&maxPoolSize={POOL}"
     return f"{mongodb_url.rstrip('/')}/?maxPoolSize={POOL}"
-
-
-def workload_participants(
-    recorder: Recorder,
-    *,
-    delay: float,
-    amqp_url: str,
-    mongodb_url: str,
-    database: str,
-    prefix: str,
-) -> tuple[Participant, Participant]:
-    """Participants ``a`` (reserve, release) and ``b`` (charge) of ``FAULT_DEFINITION``;
-    each action takes ``delay`` seconds and succeeds."""
-    a, b = (
-        participant(
-            name,
-            amqp_url=amqp_url,
-            mongodb_url=pooled(mongodb_url),
-            database=database,
-            prefix=prefix,
-        )
-        for name in ("a", "b")
-    )
-    a.action("reserve")(succeeding(recorder, delay=delay))
-    a.compensation("release")(succeeding(recorder))
-    b.action("charge")(succeeding(recorder, delay=delay))
-    return a, b
 
 
 @dataclass
@@ -199,6 +174,49 @@ class TimedRecorder(Recorder):
         super().note(delivery)
         at = round(time.monotonic() - self._zero, 2)
         self.began.setdefault(delivery.idempotency_key, []).append(at)
+
+
+@dataclass
+class Workload:
+    """A fault run's work: one order key per saga, participants ``a`` (reserve, release) and
+    ``b`` (charge) of ``FAULT_DEFINITION``, and counts over the test's sagas."""
+
+    keys: list[str]
+    recorder: TimedRecorder
+    a: Participant
+    b: Participant
+    counts: SagaCounts
+
+
+def workload(
+    total: int,
+    *,
+    delay: float,
+    definitions_dir: Path,
+    amqp_url: str,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    mongodb_url: str,
+    database: str,
+    prefix: str,
+) -> Workload:
+    """Write ``FAULT_DEFINITION``; ``total`` order keys; participants whose actions take
+    ``delay`` seconds and succeed, on ``pooled(mongodb_url)``."""
+    write(definitions_dir, "fault", FAULT_DEFINITION)
+    recorder = TimedRecorder()
+    a, b = (
+        participant(
+            name,
+            amqp_url=amqp_url,
+            mongodb_url=pooled(mongodb_url),
+            database=database,
+            prefix=prefix,
+        )
+        for name in ("a", "b")
+    )
+    a.action("reserve")(succeeding(recorder, delay=delay))
+    a.compensation("release")(succeeding(recorder))
+    b.action("charge")(succeeding(recorder, delay=delay))
+    return Workload(order_keys(total), recorder, a, b, SagaCounts(mongo, database))
 
 
 def judge(

@@ -11,25 +11,19 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import pytest
-from pymongo import AsyncMongoClient
 
 from tests.integration.faults import (
-    FAULT_DEFINITION,
     FULL,
     Figures,
-    SagaCounts,
-    TimedRecorder,
+    Workload,
     judge,
-    order_keys,
     pooled,
     publish_orders,
-    workload_participants,
 )
-from tests.integration.helpers import Broker, Coordinator, running, write
+from tests.integration.helpers import Broker, Coordinator, running
 from tests.integration.rabbit_nodes import RabbitNode, own_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800 if FULL else 240)]
@@ -53,36 +47,23 @@ async def test_a_full_broker_restart_loses_no_saga_and_repeats_no_action(
     node: RabbitNode,
     amqp_url: str,
     coordinators: Callable[..., Coordinator],
-    definitions_dir: Path,
+    fault_workload: Callable[..., Workload],
     mongodb_url: str,
-    mongo: AsyncMongoClient[dict[str, Any]],
-    database_name: str,
     prefix: str,
 ) -> None:
-    write(definitions_dir, "fault", FAULT_DEFINITION)
     figures = Figures("broker restart")
-    keys = order_keys(SAGAS)
-    recorder = TimedRecorder()
-    a, b = workload_participants(
-        recorder,
-        delay=0.5,
-        amqp_url=amqp_url,
-        mongodb_url=mongodb_url,
-        database=database_name,
-        prefix=prefix,
-    )
-    counts = SagaCounts(mongo, database_name)
+    run = fault_workload(SAGAS, delay=0.5)  # FAULT_DEFINITION, its participants a and b
     coordinator = coordinators(SAGA_MONGODB_URL=pooled(mongodb_url)).start()
-    async with running(a, b):
+    async with running(run.a, run.b):
         await coordinator.wait_ready()
         connection = await aio_pika.connect(amqp_url)
         try:
             began = time.monotonic()
-            await publish_orders(Broker(await connection.channel(), prefix), keys)
+            await publish_orders(Broker(await connection.channel(), prefix), run.keys)
         finally:
             await connection.close()
-        await counts.wait_for("completed", SAGAS // 20, within=60, what="the first completions")
-        in_flight = SAGAS - await counts.count("completed")
+        await run.counts.wait_for("completed", SAGAS // 20, within=60, what="the first completions")
+        in_flight = SAGAS - await run.counts.count("completed")
         await asyncio.to_thread(node.stop)
         figures.faults += 1
         await asyncio.sleep(2.0)  # the clients notice, and retry against a node that is down
@@ -90,13 +71,13 @@ async def test_a_full_broker_restart_loses_no_saga_and_repeats_no_action(
         await asyncio.to_thread(node.wait_ready)
         back = time.monotonic()
         try:
-            done = await counts.wait_all_terminal(SAGAS, within=240)
+            done = await run.counts.wait_all_terminal(SAGAS, within=240)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\ncoordinator log:\n{coordinator.log()[-4000:]}") from exc
         figures.seconds_to_all_terminal = done - began
         figures.seconds_after_last_fault = done - back
         figures.notes["not completed when the stop began"] = in_flight
         assert coordinator.proc is not None and coordinator.proc.poll() is None, coordinator.log()
-    judge(figures, keys, await counts.all(), recorder)
+    judge(figures, run.keys, await run.counts.all(), run.recorder)
     assert in_flight >= SAGAS // 4, f"the broker stopped too late: {in_flight} in flight"
     assert await coordinator.terminate() == 0, coordinator.log()[-4000:]

@@ -15,25 +15,19 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import pytest
-from pymongo import AsyncMongoClient
 
 from tests.integration.faults import (
-    FAULT_DEFINITION,
     FULL,
     Figures,
-    SagaCounts,
-    TimedRecorder,
+    Workload,
     judge,
-    order_keys,
     pooled,
     publish_orders,
-    workload_participants,
 )
-from tests.integration.helpers import Broker, Coordinator, running, write
+from tests.integration.helpers import Broker, Coordinator, running
 from tests.integration.rabbit_nodes import RabbitNode, own_cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800 if FULL else 240)]
@@ -62,29 +56,15 @@ def connections_by_node(cluster: list[RabbitNode], ask: RabbitNode) -> Counter[s
 
 async def test_stopping_the_connected_cluster_node_fails_over_and_loses_nothing(
     cluster: list[RabbitNode],
-    amqp_url: str,
     coordinators: Callable[..., Coordinator],
-    definitions_dir: Path,
+    fault_workload: Callable[..., Workload],
     mongodb_url: str,
-    mongo: AsyncMongoClient[dict[str, Any]],
-    database_name: str,
     prefix: str,
 ) -> None:
-    write(definitions_dir, "fault", FAULT_DEFINITION)
     figures = Figures("cluster node stopped")
-    keys = order_keys(SAGAS)
-    recorder = TimedRecorder()
-    a, b = workload_participants(
-        recorder,
-        delay=1.0,
-        amqp_url=amqp_url,
-        mongodb_url=mongodb_url,
-        database=database_name,
-        prefix=prefix,
-    )
-    counts = SagaCounts(mongo, database_name)
+    run = fault_workload(SAGAS, delay=1.0)  # FAULT_DEFINITION, its participants a and b
     coordinator = coordinators(SAGA_MONGODB_URL=pooled(mongodb_url)).start()
-    async with running(a, b):
+    async with running(run.a, run.b):
         await coordinator.wait_ready()
         before = await asyncio.to_thread(connections_by_node, cluster, cluster[-1])
         # The coordinator and both participants' connections.
@@ -95,16 +75,16 @@ async def test_stopping_the_connected_cluster_node_fails_over_and_loses_nothing(
         connection = await aio_pika.connect(survivors[0].url)
         try:
             began = time.monotonic()
-            await publish_orders(Broker(await connection.channel(), prefix), keys)
+            await publish_orders(Broker(await connection.channel(), prefix), run.keys)
         finally:
             await connection.close()
-        await counts.wait_for("completed", SAGAS // 20, within=60, what="the first completions")
-        in_flight = SAGAS - await counts.count("completed")
+        await run.counts.wait_for("completed", SAGAS // 20, within=60, what="the first completions")
+        in_flight = SAGAS - await run.counts.count("completed")
         await asyncio.to_thread(victim.stop)
         stopped = time.monotonic()
         figures.faults += 1
         try:
-            done = await counts.wait_all_terminal(SAGAS, within=240)
+            done = await run.counts.wait_all_terminal(SAGAS, within=240)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\ncoordinator log:\n{coordinator.log()[-4000:]}") from exc
         after = await asyncio.to_thread(connections_by_node, cluster, survivors[0])
@@ -113,7 +93,7 @@ async def test_stopping_the_connected_cluster_node_fails_over_and_loses_nothing(
         figures.notes["not completed when the stop began"] = in_flight
         figures.notes["connections per node before, after"] = [dict(before), dict(after)]
         assert coordinator.proc is not None and coordinator.proc.poll() is None, coordinator.log()
-    judge(figures, keys, await counts.all(), recorder)
+    judge(figures, run.keys, await run.counts.all(), run.recorder)
     assert in_flight >= SAGAS // 4, f"the node stopped too late: {in_flight} in flight"
     # The clients now run on the surviving nodes.
     assert victim.name not in after and sum(after.values()) >= 3, after

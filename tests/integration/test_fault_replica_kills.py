@@ -18,27 +18,20 @@ import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient
 
 from tests.integration.faults import (
-    FAULT_DEFINITION,
     FULL,
     Figures,
-    SagaCounts,
-    TimedRecorder,
+    Workload,
     judge,
-    order_keys,
     persisted_transitions,
     pooled,
     publish_orders,
     transitions_of,
-    workload_participants,
 )
 from tests.integration.helpers import TERMINAL, Broker, Coordinator, running
-from tests.integration.helpers import write as write_definition
 from tests.integration.rabbit_nodes import own_node
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800 if FULL else 240)]
@@ -60,28 +53,14 @@ PAUSE = 1.0
 
 
 async def test_replicas_killed_again_and_again_lose_no_saga_and_share_the_work(
-    amqp_url: str,
     coordinators: Callable[..., Coordinator],
-    definitions_dir: Path,
+    fault_workload: Callable[..., Workload],
     mongodb_url: str,
     prefix: str,
     broker: Broker,
-    mongo: AsyncMongoClient[dict[str, Any]],
-    database_name: str,
 ) -> None:
-    write_definition(definitions_dir, "fault", FAULT_DEFINITION)
     figures = Figures("replica kill -9")
-    keys = order_keys(SAGAS)
-    recorder = TimedRecorder()
-    a, b = workload_participants(
-        recorder,
-        delay=0.5,
-        amqp_url=amqp_url,
-        mongodb_url=mongodb_url,
-        database=database_name,
-        prefix=prefix,
-    )
-    counts = SagaCounts(mongo, database_name)
+    run = fault_workload(SAGAS, delay=0.5)  # FAULT_DEFINITION, its participants a and b
     # The timers' lease is short so that a killed replica's claims pass on quickly; their
     # polls are not the helpers' 0.1 s, to spare the test database.
     env = {"SAGA_TIMER_LEASE": "3", "SAGA_TIMER_INTERVAL": "0.5"}
@@ -89,11 +68,11 @@ async def test_replicas_killed_again_and_again_lose_no_saga_and_share_the_work(
     replicas = [make().start() for _ in range(REPLICAS)]
     persisted_by = [0] * REPLICAS  # per replica slot, over its incarnations
     in_flight_at_kills: list[int] = []
-    async with running(a, b):
+    async with running(run.a, run.b):
         await asyncio.gather(*(replica.wait_ready() for replica in replicas))
         began = last_fault = time.monotonic()
         # The orders arrive in waves, one before each kill, so that every kill hits a run.
-        waves = [keys[n::KILLS] for n in range(KILLS)]
+        waves = [run.keys[n::KILLS] for n in range(KILLS)]
         for kill, wave in enumerate(waves):
             await publish_orders(broker, wave)
             await asyncio.sleep(PAUSE)
@@ -102,12 +81,12 @@ async def test_replicas_killed_again_and_again_lose_no_saga_and_share_the_work(
             persisted_by[slot] += await transitions_of(victim)
             victim.kill()
             figures.faults += 1
-            in_flight_at_kills.append(await counts.count() - await counts.count(TERMINAL))
+            in_flight_at_kills.append(await run.counts.count() - await run.counts.count(TERMINAL))
             replicas[slot] = make().start()
             await replicas[slot].wait_ready(within=300)
             last_fault = time.monotonic()
         try:
-            done = await counts.wait_all_terminal(SAGAS, within=300)
+            done = await run.counts.wait_all_terminal(SAGAS, within=300)
         except AssertionError as exc:
             logs = "\n".join(replica.log()[-2000:] for replica in replicas)
             raise AssertionError(f"{exc}\nreplica logs:\n{logs}") from exc
@@ -115,12 +94,12 @@ async def test_replicas_killed_again_and_again_lose_no_saga_and_share_the_work(
         figures.seconds_after_last_fault = done - last_fault
         for slot, replica in enumerate(replicas):
             persisted_by[slot] += await transitions_of(replica)
-    docs = await counts.all()
+    docs = await run.counts.all()
     total = persisted_transitions(docs)
     figures.notes["transitions per replica"] = persisted_by
     figures.notes["transitions persisted"] = total
     figures.notes["in flight at each kill"] = in_flight_at_kills
-    judge(figures, keys, docs, recorder)
+    judge(figures, run.keys, docs, run.recorder)
     assert min(in_flight_at_kills) > 0, f"a kill came after the run: {in_flight_at_kills}"
     # The counters cover the transitions each replica persisted up to its last scrape.
     assert sum(persisted_by) <= total, (persisted_by, total)
