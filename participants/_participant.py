@@ -10,7 +10,10 @@ the coordinator:
 * otherwise the outcome is computed (``_execution``), stored when final, the reply is
   published and confirmed, and only then the command is acked;
 * MongoDB or RabbitMQ unavailable on the way → the command is held and tried again with
-  backoff (1 s doubling to 30 s) until they answer;
+  backoff (1 s doubling to 30 s) until they answer. A reply the broker does not take (a
+  nack or a timeout of its confirm, the channel or connection closed: a failover, say) is
+  such a case: the handler has run and its outcome is stored, so the held command only
+  publishes the same reply again, however long it takes; it is never dead-lettered;
 * any other error (a bug in the SDK's path, not in a handler: a handler's exceptions become
   failed replies) → logged with its traceback, tried ``delivery_limit`` times in all
   (counted by the SDK in ``x-saga-tries``, whatever the broker version), then dead-lettered.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import uuid
@@ -45,9 +47,11 @@ from pymongo.errors import ConnectionFailure
 
 from participants._delivery import MAX_BODY_BYTES, MAX_DEPTH, Command, decode_command
 from participants._execution import ContextLogger, Executor, Handler
+from participants._output import encode_reply
 from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore, checked_retention
 from participants.settings import ParticipantSettings
 from schemas.brokers import connect, redacted, split_urls
+from schemas.codec import Limits
 from schemas.consuming import Consumer, RetryPolicy, original_routing_key
 from schemas.envelope import REPLY_COPIED_HEADERS, Exchanges
 from schemas.topology import (
@@ -62,6 +66,22 @@ __all__ = ["Participant"]
 logger = logging.getLogger("participants")
 
 
+class ReplyNotTaken(Exception):
+    """The broker did not take a reply: it nacked it, the confirm timed out, the channel or
+    the connection closed. RabbitMQ is unavailable: the command is held and the reply
+    published again (the outcome is stored: the handler does not run again)."""
+
+
+#: What publishing a reply raises when the broker does not take it (encoding errors, bugs,
+#: are not among them).
+_NOT_TAKEN = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` means MongoDB or RabbitMQ is unavailable (hold and retry).
 
@@ -70,7 +90,8 @@ def unavailable(exc: BaseException) -> bool:
     """
     return isinstance(
         exc,
-        ConnectionFailure
+        ReplyNotTaken
+        | ConnectionFailure
         | aio_pika.exceptions.AMQPConnectionError
         | aiormq.exceptions.ConnectionClosed
         | aiormq.exceptions.ChannelInvalidStateError
@@ -93,8 +114,10 @@ class Participant:
         prefetch: How many commands are handled concurrently.
         delivery_limit: Tries of a command whose handling fails unexpectedly before it is
             dead-lettered (counted by the SDK); also the queue's delivery limit, a backstop.
-        lease: Seconds a claim on an idempotency key holds without renewal; a crashed
-            claimant's key is taken over after it.
+        lease: Seconds a claim on an idempotency key holds without renewal (it is renewed
+            every third of it while its command is handled); a crashed claimant's key is
+            taken over by another process once the lease and half as long again have
+            passed on the database's clock.
         max_body_bytes: The command body size limit.
         max_depth: The command body nesting limit.
         collection: The collection of the idempotency records.
@@ -152,7 +175,7 @@ class Participant:
         self._collection = collection
         self._lease = timedelta(seconds=lease)
         self.record_retention = checked_retention(record_retention)
-        self._executor = Executor(name)
+        self._executor = Executor(name, limits=Limits(max_body_bytes, max_depth))
         self._mongo: AsyncMongoClient[dict[str, Any]] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
@@ -355,7 +378,20 @@ class Participant:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         assert self._consumer is not None
-        await self._consumer.deliver(message, self._decode, self._answer)
+        unsent: list[dict[str, Any]] = []  # a reply the broker has not taken yet
+
+        async def answer(command: Command) -> None:
+            # Held and tried again while the broker does not take the reply: the outcome
+            # computed (and stored, when final) the first time is the one published.
+            if not unsent:
+                log = ContextLogger(logger, self.name, command.delivery)
+                body = await self._executor.outcome(command, log)
+                if body is None:
+                    return
+                unsent.append(body)
+            await self._reply(command, unsent[0])
+
+        await self._consumer.deliver(message, self._decode, answer)
 
     def _decode(self, message: AbstractIncomingMessage) -> Command:
         return decode_command(
@@ -369,18 +405,12 @@ class Participant:
             max_depth=self.max_depth,
         )
 
-    async def _answer(self, command: Command) -> None:
-        log = ContextLogger(logger, self.name, command.delivery)
-        body = await self._executor.outcome(command, log)
-        if body is not None:
-            await self._reply(command, body)
-
     async def _reply(self, command: Command, body: dict[str, Any]) -> None:
         assert self._declared is not None
         d = command.delivery
         headers = {name: d.headers[name] for name in REPLY_COPIED_HEADERS if name in d.headers}
         reply = aio_pika.Message(
-            json.dumps(body, separators=(",", ":")).encode(),
+            encode_reply(body),
             headers=headers,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
@@ -389,9 +419,12 @@ class Participant:
             timestamp=datetime.now(UTC),
             app_id=self.name,
         )
-        await self._declared.replies.publish(
-            reply,
-            routing_key=command.reply_to,
-            mandatory=False,
-            timeout=self.policy.publish_timeout,
-        )
+        try:
+            await self._declared.replies.publish(
+                reply,
+                routing_key=command.reply_to,
+                mandatory=False,
+                timeout=self.policy.publish_timeout,
+            )
+        except _NOT_TAKEN as exc:
+            raise ReplyNotTaken(f"the broker did not take the reply: {exc!r}") from exc

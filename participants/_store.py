@@ -2,10 +2,15 @@
 
 Theory of operation. One document per idempotency key (``_id``), with the participant's
 name. A handler runs only after its caller *claims* the key: it inserts an ``in_progress``
-document carrying a random ``owner`` token and a ``lease_until`` instant, and renews the
-lease while the handler runs. The unique ``_id`` makes the insert the arbiter between
-concurrent duplicates. A claimant that crashes stops renewing, and once its lease has
-passed another delivery may take the key over (a conditional update on the expired lease).
+document carrying a random ``owner`` token and a ``lease_until`` instant, stamped with the
+database's clock when the insert lands (``$$NOW`` in an upsert's pipeline), and the lease is
+renewed the same way, from the moment the claim is sent until its outcome is stored
+(``_lease.LeaseKeeper``). The unique ``_id`` makes the insert the arbiter between
+concurrent duplicates. A claimant that crashes stops renewing; once its lease and a margin
+(half the lease) have passed on the database's clock (``expired``: ``hello``'s
+``localTime``, never this process's clock), another delivery may take the key over
+(``take_over``: a conditional update on the owner and ``lease_until`` it read, so a renewal
+landing meanwhile wins).
 
 The claimant then either *finishes* the claim with a final outcome (``succeeded``, or a
 non-retryable ``failed``) that every later duplicate gets replied again, or *releases* it
@@ -31,11 +36,13 @@ finished under an earlier retention keep their ``expires_at``.
 
 Outages. A handler that has run must not lose its outcome: ``finish`` retries through
 connection failures for minutes, not for the lease, holding the command unacknowledged
-meanwhile. Nobody can take the key over while MongoDB is unreachable, and the first write
-that reaches it again is usually this retry. What remains: an outage longer than the lease
-during which the coordinator sends the step's next attempt, whose delivery takes the
-expired claim over before the retry lands (it polls every ``poll_interval``, the retry every
-half second), runs the handler a second time.
+meanwhile, and the lease keeper goes on renewing. Nobody can take the key over while
+MongoDB is unreachable, and the first writes that reach it again are usually this retry
+and a renewal; a duplicate in the same process never takes over (it waits for the
+delivery ahead of it). What remains: an outage longer than the lease and its margin during
+which the coordinator sends the step's next attempt to *another* process, whose delivery
+reads the expired claim, the database's clock, and takes the claim over before the retry
+or a renewal lands, runs the handler a second time.
 
 What expiry gives up, once a key's record is gone:
 
@@ -76,14 +83,19 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure
 
 from participants._writes import RecordWrites
+from schemas.codec import BadMessage, parse_idempotency_key
+from schemas.envelope import idempotency_key
 
-__all__ = ["DEFAULT_RECORD_RETENTION", "Claim", "OutcomeStore", "Record"]
+__all__ = ["DEFAULT_RECORD_RETENTION", "Claim", "OutcomeStore", "Record", "new_owner"]
 
 #: How long a final record is kept by default (see "Retention" above).
 DEFAULT_RECORD_RETENTION = timedelta(days=7)
 
 #: How long ``finish`` keeps retrying through connection failures (see ``finish``).
 FINISH_PATIENCE = timedelta(minutes=2)
+
+#: How long past its lease, as a share of the lease, a claim must be before it is taken over.
+TAKEOVER_MARGIN = 0.5
 
 #: The field of a final record's expiry, and its TTL index (never changes: see above).
 EXPIRES_AT = "expires_at"
@@ -112,17 +124,12 @@ class Record:
     status: Status
     reply: dict[str, Any] | None
     lease_until: datetime | None
+    owner: str | None = None
 
     @property
     def final(self) -> bool:
         """Whether the outcome is final (replied again to every duplicate)."""
         return self.status != "in_progress"
-
-    def live(self, now: datetime) -> bool:
-        """Whether an in-progress claim still holds its lease at ``now``."""
-        return self.status == "in_progress" and (
-            self.lease_until is not None and self.lease_until > now
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +142,24 @@ class Claim:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _record(doc: dict[str, Any]) -> Record:
+    lease_until = doc.get("lease_until")
+    if isinstance(lease_until, datetime) and lease_until.tzinfo is None:
+        lease_until = lease_until.replace(tzinfo=UTC)
+    return Record(
+        key=str(doc["_id"]),
+        status=doc.get("status", "in_progress"),
+        reply=doc.get("reply"),
+        lease_until=lease_until,
+        owner=doc.get("owner"),
+    )
+
+
+def new_owner() -> str:
+    """A fresh claimant token."""
+    return uuid.uuid4().hex
 
 
 class OutcomeStore:
@@ -168,6 +193,7 @@ class OutcomeStore:
         self._writes = RecordWrites(self._collection)
         self.participant = participant
         self.lease = lease
+        self.margin = lease * TAKEOVER_MARGIN
         self.retention = checked_retention(retention)
 
     async def ensure_indexes(self) -> None:
@@ -206,55 +232,99 @@ class OutcomeStore:
     async def get(self, key: str) -> Record | None:
         """The record of ``key``, if any."""
         doc = await self._collection.find_one({"_id": key})
-        if doc is None:
-            return None
-        lease_until = doc.get("lease_until")
-        if isinstance(lease_until, datetime) and lease_until.tzinfo is None:
-            lease_until = lease_until.replace(tzinfo=UTC)
-        return Record(
-            key=key,
-            status=doc.get("status", "in_progress"),
-            reply=doc.get("reply"),
-            lease_until=lease_until,
-        )
+        return None if doc is None else _record(doc)
 
-    async def claim(self, key: str, **fields: Any) -> Claim | None:
-        """Claim ``key``: insert an in-progress record, or take over an expired one.
+    async def action_records(self, saga_id: str, step: str) -> list[Record]:
+        """The records of a step's action under every key it had: ``<saga>:<step>:action``
+        and, after operator retries, ``…:r<n>``; in the order of ``n`` (the base key first).
+
+        One range of ``_id`` (every key that starts with the base key), so the look-up
+        uses the ``_id`` index; keys that are not the action's are left out.
+        """
+        base = idempotency_key(saga_id, step, "action")
+        cursor = self._collection.find({"_id": {"$gte": base, "$lt": base + ";"}})
+        numbered: list[tuple[int, Record]] = []
+        async for doc in cursor:
+            try:
+                number = parse_idempotency_key(str(doc["_id"]), saga_id, step, "action")
+            except BadMessage:
+                continue
+            numbered.append((number, _record(doc)))
+        return [record for _, record in sorted(numbered, key=lambda pair: pair[0])]
+
+    async def claim(self, key: str, owner: str | None = None, **fields: Any) -> Claim | None:
+        """Claim ``key`` for ``owner``: insert an in-progress record, unless one exists.
+
+        The record's ``lease_until`` is the database's time when the insert lands plus the
+        lease (``$$NOW``), not this process's time when it was sent: a slow round trip does
+        not shorten the lease, and no clock but the database's is ever compared with it.
 
         Args:
             key: The idempotency key.
+            owner: A fresh token naming this claimant (default: ``new_owner()``).
             **fields: Extra fields stored on the record (saga id, step, command…).
 
         Returns:
-            The claim, or ``None`` when another record holds the key (final, or in
-            progress under a live lease).
+            The claim, or ``None`` when a record of ``key`` exists (final, or in progress:
+            see ``expired`` and ``take_over``).
         """
-        now = _now()
-        owner = uuid.uuid4().hex
-        doc = {
-            "_id": key,
-            "participant": self.participant,
-            "status": "in_progress",
-            "owner": owner,
-            "lease_until": now + self.lease,
-            "created_at": now,
-            "updated_at": now,
-            **fields,
-        }
-        if await self._writes.insert(doc):  # group-committed with other commands' writes
+        owner = owner or new_owner()
+        literal = {"participant": self.participant, "status": "in_progress", **fields}
+        pipeline = [
+            {
+                "$set": {
+                    **{name: {"$literal": value} for name, value in literal.items()},
+                    "lease_until": self._lease_end(),
+                    "created_at": "$$NOW",
+                    "updated_at": "$$NOW",
+                }
+            }
+        ]
+        if await self._writes.claim(key, owner, pipeline):  # group-committed
             return Claim(key, owner)
+        return None
+
+    def _lease_end(self) -> dict[str, Any]:
+        """The expression of a lease that ends ``lease`` after the database's now."""
+        return {"$add": ["$$NOW", int(self.lease.total_seconds() * 1000)]}
+
+    async def database_now(self) -> datetime:
+        """The database's clock (``hello``'s ``localTime``)."""
+        reply = await self._collection.database.client.admin.command("hello")
+        now: datetime = reply["localTime"]
+        return now if now.tzinfo is not None else now.replace(tzinfo=UTC)
+
+    async def expired(self, record: Record) -> bool:
+        """Whether ``record``'s claim went unrenewed for its lease and ``margin`` besides,
+        on the database's clock (the clock that stamped its ``lease_until``)."""
+        if record.final:
+            return False
+        if record.lease_until is None:
+            return True
+        return record.lease_until + self.margin < await self.database_now()
+
+    async def take_over(self, record: Record, owner: str) -> Claim | None:
+        """Take over the expired claim ``record`` for ``owner``; ``None`` if it changed.
+
+        The update matches the claim exactly as read (its owner and ``lease_until``), so a
+        renewal or a finish that landed since the read wins over the takeover.
+        """
         taken = await self._collection.update_one(
-            {"_id": key, "status": "in_progress", "lease_until": {"$lt": now}},
-            {"$set": {"owner": owner, "lease_until": now + self.lease, "updated_at": now}},
+            {
+                "_id": record.key,
+                "status": "in_progress",
+                "owner": record.owner,
+                "lease_until": record.lease_until,
+            },
+            [{"$set": {"owner": owner, "lease_until": self._lease_end(), "updated_at": "$$NOW"}}],
         )
-        return Claim(key, owner) if taken.modified_count == 1 else None
+        return Claim(record.key, owner) if taken.modified_count == 1 else None
 
     async def renew(self, claim: Claim) -> bool:
-        """Extend the lease of ``claim``; ``False`` if the claim was lost."""
-        now = _now()
+        """Extend the lease of ``claim`` from the database's now; ``False`` if not held."""
         result = await self._collection.update_one(
             {"_id": claim.key, "owner": claim.owner, "status": "in_progress"},
-            {"$set": {"lease_until": now + self.lease, "updated_at": now}},
+            [{"$set": {"lease_until": self._lease_end(), "updated_at": "$$NOW"}}],
         )
         return result.matched_count == 1
 

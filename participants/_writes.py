@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import InsertOne, UpdateOne
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import (
     BulkWriteError,
@@ -62,18 +62,18 @@ Document = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class _Write:
-    """A claim (``document`` to insert) or a final write (``owner`` and ``update``)."""
+    """A claim (``upsert``: inserted unless the key exists) or a final write, by ``owner``."""
 
     key: str
-    document: Document | None = None
-    owner: str | None = None
-    update: Document | None = None
+    owner: str
+    update: Document | list[Document]
+    upsert: bool = False
 
-    def request(self) -> InsertOne[Document] | UpdateOne:
-        if self.document is not None:
-            return InsertOne(self.document)
+    def request(self) -> UpdateOne:
+        if self.upsert:  # matches nothing but its own record: a fresh owner token
+            return UpdateOne({"_id": self.key, "owner": self.owner}, self.update, upsert=True)
         return UpdateOne(
-            {"_id": self.key, "owner": self.owner, "status": "in_progress"}, self.update or {}
+            {"_id": self.key, "owner": self.owner, "status": "in_progress"}, self.update
         )
 
 
@@ -89,13 +89,18 @@ class RecordWrites:
         """Bulk writes sent so far (for tests and figures)."""
         return self._writes.batches
 
-    async def insert(self, document: Document) -> bool:
-        """Insert a claim; ``False`` when a record with its ``_id`` exists."""
-        return await self._writes.submit(_Write(document["_id"], document=document))
+    async def claim(self, key: str, owner: str, pipeline: list[Document]) -> bool:
+        """Insert ``key``'s claim, made by ``pipeline``; ``False`` when its record exists.
+
+        An upsert whose filter names ``owner`` (a fresh token, on no record yet): the insert
+        runs the update pipeline, so the claim's times come from the database's clock. When
+        the key exists, the upsert's insert fails on the unique ``_id`` (duplicate key).
+        """
+        return await self._writes.submit(_Write(key, owner, pipeline, upsert=True))
 
     async def finish(self, key: str, owner: str, update: Document) -> bool:
         """Apply ``update`` to ``key``'s claim if ``owner`` still holds it in progress."""
-        return await self._writes.submit(_Write(key, owner=owner, update=update))
+        return await self._writes.submit(_Write(key, owner, update))
 
     async def _flush(self, batch: Sequence[_Write]) -> list[bool | BaseException]:
         details: Mapping[str, Any]
@@ -115,14 +120,14 @@ class RecordWrites:
         outcomes: list[bool | BaseException] = [True] * len(batch)
         for error in details.get("writeErrors", []):
             index, code = error["index"], error.get("code")
-            if batch[index].document is not None and code == _DUPLICATE_KEY:
+            if batch[index].upsert and code == _DUPLICATE_KEY:
                 outcomes[index] = False
             else:
                 outcomes[index] = WriteError(error.get("errmsg", ""), code, error)
         if details.get("writeConcernErrors"):
             concern = details["writeConcernErrors"][0]
             raise WriteConcernError(concern.get("errmsg", ""), concern.get("code"), concern)
-        finals = [i for i, w in enumerate(batch) if w.document is None and outcomes[i] is True]
+        finals = [i for i, w in enumerate(batch) if not w.upsert and outcomes[i] is True]
         matched = details.get("nMatched", 0)
         if matched == 0 or len(finals) == 1:  # the count alone tells
             for index in finals:
@@ -142,8 +147,8 @@ class RecordWrites:
         for index in indexes:
             write = batch[index]
             record = records.get(write.key) or {}
-            if write.document is not None:
-                outcomes[index] = record.get("owner") == write.document.get("owner")
+            if write.upsert:
+                outcomes[index] = record.get("owner") == write.owner
             else:
                 outcomes[index] = (
                     record.get("owner") == write.owner and record.get("status") != "in_progress"

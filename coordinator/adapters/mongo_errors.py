@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import bson
-from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteError
 
 from coordinator.errors import AdapterError, StoreUnavailable, UnstorableData
+from schemas.storable import TRANSIENT_CODES, UNSTORABLE_ERRORS
 
 __all__ = [
     "DEFAULT_MAX_SAGA_BYTES",
@@ -29,19 +29,7 @@ __all__ = [
     "write_error",
 ]
 
-_TRANSIENT_CODES = frozenset(
-    {6, 7, 50, 64, 89, 91, 112, 189, 251, 262, 9001, 10107, 11600, 11602, 13435, 13436}
-)
-"""Server error codes that mean "not now" (host unreachable, shutting down, not primary,
-write conflict, time limit…): the same operation may succeed later."""
-
-UNSTORABLE_ERRORS: tuple[type[BaseException], ...] = (
-    BSONError,  # InvalidDocument (a NUL in a key), DocumentTooLarge, InvalidStringData
-    OverflowError,  # an integer over 8 bytes
-    UnicodeEncodeError,  # a lone surrogate in a string
-    RecursionError,  # nesting beyond what the encoder can walk
-)
-"""What the driver raises for data it can never encode."""
+_TRANSIENT_CODES = TRANSIENT_CODES
 
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (PyMongoError, *UNSTORABLE_ERRORS)
 

@@ -3,7 +3,8 @@
 Each ``Proxy`` listens on its own port and forwards to the broker. ``stop()`` closes the
 listener and every connection through it (a broker node going away, as its clients see
 it); ``freeze()`` keeps the connections open but holds back what the broker sends (a
-broker that stops answering: no confirms, no heartbeats).
+broker that stops answering: no confirms, no heartbeats). ``delay`` holds every chunk, each
+way, that many seconds (a slow network or a slow server; any TCP service, e.g. MongoDB).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Proxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self.delay = 0.0
 
     def url(self, user: str = "guest", password: str = "guest") -> str:
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
@@ -59,6 +61,8 @@ class Proxy:
     ) -> None:
         try:
             while data := await reader.read(65536):
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 if hold:
                     await self._flowing.wait()
                 writer.write(data)

@@ -18,7 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from coordinator.adapters.monitor import RoundTripCounter
-from participants._store import Claim, OutcomeStore
+from participants._store import Claim, OutcomeStore, Record, new_owner
 
 pytestmark = pytest.mark.integration
 
@@ -112,16 +112,46 @@ async def test_an_outcome_the_encoder_refuses_fails_alone(
     assert refused is not None and refused.status == "in_progress"
 
 
+async def expiry_of(store: OutcomeStore, record: Record) -> None:
+    """Return once ``record``'s claim has expired on the database's clock."""
+    async with asyncio.timeout(10):
+        while True:
+            if await store.expired(record):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def test_a_lease_takeover_still_decides_between_copies(
     counted: tuple[Client, RoundTripCounter], database_name: str
 ) -> None:
     client, _ = counted
-    store = OutcomeStore(client, database_name, "inventory", lease=timedelta(milliseconds=1))
+    store = OutcomeStore(client, database_name, "inventory", lease=timedelta(milliseconds=20))
     (name,) = keys(1)
     first = await store.claim(name)
     assert first is not None
-    await asyncio.sleep(0.01)
-    second = await store.claim(name)  # the first claim's lease has passed: taken over
+    assert await store.claim(name) is None  # a claim never takes over by itself
+    record = await store.get(name)
+    assert record is not None and record.owner == first.owner
+    # Expired only once the lease and its margin have passed on the database's clock.
+    await expiry_of(store, record)
+    second = await store.take_over(record, new_owner())
     assert second is not None and second.owner != first.owner
+    assert await store.take_over(record, new_owner()) is None  # the record changed
     assert await store.finish(first, "succeeded", REPLY) is False
     assert await store.finish(second, "succeeded", REPLY) is True
+
+
+async def test_a_renewal_since_the_read_defeats_a_takeover(
+    counted: tuple[Client, RoundTripCounter], database_name: str
+) -> None:
+    client, _ = counted
+    store = OutcomeStore(client, database_name, "inventory", lease=timedelta(milliseconds=20))
+    (name,) = keys(1)
+    first = await store.claim(name)
+    assert first is not None
+    record = await store.get(name)
+    assert record is not None
+    await expiry_of(store, record)
+    assert await store.renew(first)  # the claimant was alive after all
+    assert await store.take_over(record, new_owner()) is None
+    assert await store.finish(first, "succeeded", REPLY) is True

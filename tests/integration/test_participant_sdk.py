@@ -49,6 +49,8 @@ class Broker:
         attempt: int = 1,
         headers: dict[str, Any] | None = None,
         raw: bytes | None = None,
+        key: str | None = None,
+        reply_to: str = "coordinator",
     ) -> str:
         saga_id = saga_id or uuid.uuid4().hex
         if headers is None:
@@ -59,7 +61,7 @@ class Broker:
                 "x-saga-step": step,
                 "x-saga-kind": kind,
                 "x-saga-attempt": attempt,
-                "x-idempotency-key": idempotency_key(saga_id, step, kind),  # type: ignore[arg-type]
+                "x-idempotency-key": key or idempotency_key(saga_id, step, kind),  # type: ignore[arg-type]
                 "x-deadline": (datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
                 "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             }
@@ -73,7 +75,7 @@ class Broker:
                 correlation_id=saga_id,
                 message_id=uuid.uuid4().hex,
                 type=command,
-                reply_to="coordinator",
+                reply_to=reply_to,
                 timestamp=datetime.now(UTC),
             ),
             routing_key=f"{participant}.{command}",
@@ -123,6 +125,8 @@ async def broker(amqp_url: str, prefix: str) -> AsyncIterator[Broker]:
             f"{prefix}.coordinator.replies",
             f"{prefix}.dead",
             f"{prefix}.inventory.commands",
+            f"{prefix}.inventory-0.commands",
+            f"{prefix}.inventory-1.commands",
             f"{prefix}.payments.commands",
             f"{prefix}.shipping.commands",
             exchanges.unrouted,
@@ -142,18 +146,17 @@ def make_inventory(
     amqp_url: str, mongodb_url: str, database_name: str, prefix: str, mongo: Any
 ) -> Factory:
     """Builds test participants named ``inventory`` sharing one database; keyword
-    arguments go to ``Participant``."""
+    arguments go to ``Participant`` (and may replace the URLs and the queue)."""
 
     def make(**options: Any) -> Participant:
-        inventory = Participant(
-            "inventory",
-            amqp_url=amqp_url,
-            mongodb_url=mongodb_url,
-            database=database_name,
-            prefix=prefix,
-            queue=f"{prefix}.inventory.commands",
-            **options,
-        )
+        settings: dict[str, Any] = {
+            "amqp_url": amqp_url,
+            "mongodb_url": mongodb_url,
+            "database": database_name,
+            "prefix": prefix,
+            "queue": f"{prefix}.inventory.commands",
+        }
+        inventory = Participant("inventory", **{**settings, **options})
 
         @inventory.action("reserve_stock")
         async def reserve(input: dict[str, Any], delivery: Delivery) -> dict[str, Any]:
@@ -429,7 +432,8 @@ async def test_expired_claim_of_a_crashed_claimant_is_taken_over(
             "participant": "inventory",
             "status": "in_progress",
             "owner": "crashed",
-            "lease_until": datetime.now(UTC) - timedelta(seconds=1),
+            # Long past its lease and the margin: its claimant died an hour ago.
+            "lease_until": datetime.now(UTC) - timedelta(hours=1),
         }
     )
     await broker.send("reserve_stock", {"order_id": "o-10"}, saga_id=saga_id, attempt=2)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore
+from participants._store import DEFAULT_RECORD_RETENTION, OutcomeStore, new_owner
 
 pytestmark = pytest.mark.integration
 
@@ -125,11 +125,13 @@ async def test_a_claim_taken_over_gets_no_expiry(client: Client, database_name: 
             "participant": "inventory",
             "status": "in_progress",
             "owner": "crashed",
-            "lease_until": datetime.now(UTC) - timedelta(seconds=1),
+            "lease_until": datetime.now(UTC) - timedelta(hours=1),
         }
     )
     store = store_of(client, database_name)
-    claim = await store.claim(k)
+    crashed = await store.get(k)
+    assert crashed is not None and await store.expired(crashed)
+    claim = await store.take_over(crashed, new_owner())
     assert claim is not None
     doc = await record(client, database_name, k)
     assert doc["owner"] == claim.owner

@@ -6,7 +6,7 @@ import pytest
 
 from participants import RetryableError, StepError
 from participants._errors import error_for
-from participants._execution import failed, succeeded
+from participants._output import failed, succeeded
 from schemas.envelope import ReplyError
 
 
