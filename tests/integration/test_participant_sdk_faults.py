@@ -113,13 +113,15 @@ async def test_a_reply_the_broker_refuses_is_held_and_published_again_never_dead
         key = idempotency_key(saga_id, "reserve", "action")
         await assert_quiet(broker.dead, 3.0)  # many refusals by now: held, not dead-lettered
         assert inventory.executions[key] == 1
-        # The broker takes replies again: the held command publishes the stored reply.
-        await full.delete(if_unused=False, if_empty=False)
+        # The broker takes replies again: the held command publishes the stored reply. The
+        # accepting queue is bound before the refusing one goes, so no retry finds the routing
+        # key unbound (the broker would take such a reply and drop it).
         taken = await broker.channel.declare_queue(
             f"{prefix}.taken", durable=True, arguments=queue_arguments(broker.exchanges)
         )
         try:
             await taken.bind(replies, routing_key="refusing")
+            await full.delete(if_unused=False, if_empty=False)
             body = json.loads((await next_message(taken)).body)
             assert body["status"] == "succeeded" and body["output"]["order_id"] == "o-2"
             assert inventory.executions[key] == 1
