@@ -14,10 +14,10 @@ from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteError
+from pymongo.errors import PyMongoError
 
 from coordinator.errors import AdapterError, StoreUnavailable, UnstorableData
-from schemas.storable import TRANSIENT_CODES, UNSTORABLE_ERRORS
+from schemas.storable import TRANSIENT_CODES, UNSTORABLE_ERRORS, refused
 
 __all__ = [
     "DEFAULT_MAX_SAGA_BYTES",
@@ -29,38 +29,30 @@ __all__ = [
     "write_error",
 ]
 
-_TRANSIENT_CODES = TRANSIENT_CODES
-
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (PyMongoError, *UNSTORABLE_ERRORS)
 
 
 def store_error(exc: BaseException, operation: str) -> AdapterError:
     """The coordinator's error for a driver error, by what it means.
 
-    Unreachable or temporarily unable (connection failures, timeouts, a failover, the
-    transient server codes) → ``StoreUnavailable``: wait and try again. Data that can never
-    be stored (the encoder refuses it, or the server refuses the document with a write
-    error) → ``UnstorableData``: never retried. Anything else → ``StoreUnavailable``, the
-    cautious choice: nothing is given up on an error that is not understood.
+    Data that can never be stored (the encoder refuses it, or the server refuses the
+    document with a write error: ``schemas.storable.refused``) → ``UnstorableData``: never
+    retried. Anything else → ``StoreUnavailable``: wait and try again. That covers the
+    unreachable or temporarily unable (connection failures, timeouts, a failover, the
+    transient server codes), and is the cautious choice for an error that is not
+    understood: nothing is given up on it.
     """
-    message = f"MongoDB failed to {operation}: {exc}"
     if isinstance(exc, UNSTORABLE_ERRORS):
         return UnstorableData(f"cannot {operation}: the data cannot be stored: {exc}")
-    if isinstance(exc, ConnectionFailure):
-        return StoreUnavailable(message)
-    if isinstance(exc, OperationFailure):
-        transient = exc.code in _TRANSIENT_CODES or any(
-            exc.has_error_label(label) for label in ("RetryableWriteError", "ResetPool")
-        )
-        if isinstance(exc, WriteError) and not transient:
-            return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {exc}")
-    return StoreUnavailable(message)
+    if refused(exc):
+        return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {exc}")
+    return StoreUnavailable(f"MongoDB failed to {operation}: {exc}")
 
 
 def write_error(error: Mapping[str, Any], operation: str) -> AdapterError:
     """The coordinator's error for one entry of a bulk write's ``writeErrors``."""
     message = error.get("errmsg", "")
-    if error.get("code") in _TRANSIENT_CODES:
+    if error.get("code") in TRANSIENT_CODES:
         return StoreUnavailable(f"MongoDB failed to {operation}: {message}")
     return UnstorableData(f"cannot {operation}: MongoDB refuses the data: {message}")
 
