@@ -195,24 +195,32 @@ class AwaitedEvents:
     async def _deliver(self, saga_id: str, event: BufferedEvent) -> bool | str:
         """Hand ``event`` to one saga: True when it completed a step, else False, or why it
         could not be stored there."""
+        try:
+            _, completed = await self._apply(saga_id, event)
+        except SagaNotFound:
+            return False
+        except UnstorableData as exc:
+            log.warning("an event cannot be stored in a saga: %s", exc, extra=saga_extra(saga_id))
+            return str(exc)
+        if not completed:
+            return False
+        await self._store.event_matched(event.id)
+        return True
+
+    async def _apply(self, saga_id: str, event: BufferedEvent) -> tuple[Transition, bool]:
+        """Apply ``event`` to the saga through the runner: the transition, and whether it
+        completed a step with the event (then counted in ``events_matched``)."""
         times: list[datetime] = []
 
         def received(at: datetime) -> EventReceived:
             times.append(at)
             return EventReceived(event.event_type, event.body, at, event.message_id)
 
-        try:
-            transition = await self._runner.apply(saga_id, received)
-        except SagaNotFound:
-            return False
-        except UnstorableData as exc:
-            log.warning("an event cannot be stored in a saga: %s", exc, extra=saga_extra(saga_id))
-            return str(exc)
-        if not times or not _completed(transition, event.message_id, times[-1]):
-            return False
-        self._stats.events_matched += 1
-        await self._store.event_matched(event.id)
-        return True
+        transition = await self._runner.apply(saga_id, received)
+        completed = bool(times) and _completed(transition, event.message_id, times[-1])
+        if completed:
+            self._stats.events_matched += 1
+        return transition, completed
 
     # -- a step starts waiting ---------------------------------------------------------
     async def look_up(self, transition: Transition) -> None:
@@ -319,21 +327,14 @@ class AwaitedEvents:
         mismatch = await self._mismatch(state, entries, event)
         if mismatch is not None:
             return Transition(state=state, changed=False, refused=mismatch)
-        times: list[datetime] = []
-
-        def received(at: datetime) -> EventReceived:
-            times.append(at)
-            return EventReceived(event_type, body, at, event.message_id)
-
-        transition = await self._runner.apply(saga_id, received)
-        if not times or not _completed(transition, event.message_id, times[-1]):
+        transition, completed = await self._apply(saga_id, event)
+        if not completed:
             return Transition(
                 state=transition.state,
                 changed=transition.changed,
                 refused="the event completed no step: "
                 + _last_ignored(transition.state, "the step no longer waits for it"),
             )
-        self._stats.events_matched += 1
         return transition
 
     async def _mismatch(
