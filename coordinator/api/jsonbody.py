@@ -18,12 +18,14 @@ from typing import Any
 from fastapi import Request
 
 from coordinator.api.problems import ApiProblem
+from schemas.codec import DEFAULT_MAX_DEPTH
 
 __all__ = ["INT64_MAX", "INT64_MIN", "MAX_DEPTH", "check_json_body", "json_problems"]
 
-MAX_DEPTH = 64
-"""Levels of nesting a body may have (the messages' default limit too)."""
+MAX_DEPTH = DEFAULT_MAX_DEPTH
+"""Levels of nesting a body may have: the messages' default limit."""
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
 _MAX_DIGITS = 20
 """Longer integer literals are not parsed at all (Python refuses beyond 4,300 digits)."""
 
@@ -63,7 +65,7 @@ def _walk(value: Any) -> Iterator[tuple[tuple[str | int, ...], Any, bool]]:
 
 def _problem(value: Any, is_key: bool, depth: int) -> str | None:
     if depth > MAX_DEPTH and not is_key:
-        return f"nested deeper than {MAX_DEPTH} levels"
+        return _TOO_DEEP
     if isinstance(value, _HugeInt) or (
         isinstance(value, int)
         and not isinstance(value, bool)
@@ -92,7 +94,7 @@ def json_problems(value: Any) -> list[dict[str, Any]]:
             part if _valid_unicode(str(part)) else repr(part)[1:-1] for part in map(str, path)
         )
         problems.append({"field": field or None, "location": "body", "message": message})
-        if len(problems) >= 20 or message.startswith("nested"):
+        if len(problems) >= 20 or message == _TOO_DEEP:
             break
     return problems
 
@@ -112,7 +114,7 @@ async def check_json_body(request: Request) -> None:
     try:
         value = json.loads(body, parse_int=_parse_int)
     except RecursionError:
-        problems = [{"field": None, "location": "body", "message": _too_deep()}]
+        problems = [{"field": None, "location": "body", "message": _TOO_DEEP}]
     except ValueError:
         return  # not JSON: the route answers 400 with the parser's reason
     else:
@@ -124,7 +126,3 @@ async def check_json_body(request: Request) -> None:
             slug="invalid-request",
             errors=problems,
         )
-
-
-def _too_deep() -> str:
-    return f"nested deeper than {MAX_DEPTH} levels"
