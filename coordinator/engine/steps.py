@@ -23,7 +23,7 @@ from schemas.envelope import Kind
 from .backoff import backoff_delay
 from .commands import attempt_timeout, build_command
 from .run import Run, error_detail, utc
-from .state import ErrorInfo
+from .state import ErrorInfo, StepState
 
 __all__ = [
     "ATTEMPT_TIMEOUT",
@@ -182,11 +182,14 @@ def _group_leaves(run: Run, group: str) -> list[int]:
     return [leaf.index for leaf in run.definition.leaves if leaf.group == group]
 
 
+def _may_have_acted(step: StepState) -> bool:
+    """Whether the step's action may have done something: succeeded, or outcome unknown."""
+    return step.status in ("succeeded", "timed_out") or (step.status == "aborted" and step.unknown)
+
+
 def compensable(run: Run, index: int) -> bool:
     """Whether the step's action may have done something to undo, and it has an undo."""
-    step = run.step(index)
-    done = step.status in ("succeeded", "timed_out") or (step.status == "aborted" and step.unknown)
-    return done and run.step_def(index).compensation is not None
+    return _may_have_acted(run.step(index)) and run.step_def(index).compensation is not None
 
 
 def compensate(run: Run, reason: ErrorInfo) -> None:
@@ -196,10 +199,7 @@ def compensate(run: Run, reason: ErrorInfo) -> None:
     run.record("saga.compensating", **error_detail(reason))
     for index in reversed(range(len(run.state.steps))):
         step = run.step(index)
-        done = step.status in ("succeeded", "timed_out") or (
-            step.status == "aborted" and step.unknown
-        )
-        if done and run.step_def(index).compensation is None:
+        if _may_have_acted(step) and run.step_def(index).compensation is None:
             run.record("compensation.skipped", step=step.name, why="the step has no compensation")
     next_compensations(run)
 
