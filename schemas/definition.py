@@ -369,10 +369,8 @@ class SagaDefinition(_Model):
             if isinstance(leaf.step, AwaitStep) and leaf.step.awaits.event == event_type
         ]
 
-    def step_timeout(self, step: AnyStep) -> timedelta | None:
-        """An attempt's timeout; an await step has only its own (none: no timeout)."""
-        if isinstance(step, AwaitStep):
-            return step.timeout
+    def step_timeout(self, step: Step) -> timedelta:
+        """How long one attempt of a command step's action may take."""
         return step.timeout or self.defaults.timeout
 
     def step_retry(self, step: AnyStep) -> RetryPolicy:
