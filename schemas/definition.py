@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
+from itertools import groupby
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
@@ -341,6 +342,15 @@ class SagaDefinition(_Model):
             else:
                 found.append(Leaf(item, len(found), top, path=f"steps[{top}]"))
         return tuple(found)
+
+    @cached_property
+    def branches(self) -> tuple[tuple[tuple[Leaf, ...], ...], ...]:
+        """The leaves of each entry of ``steps``, by branch: a step is one branch of one
+        leaf, a group has one branch per entry of its ``parallel``."""
+        return tuple(
+            tuple(tuple(branch) for _, branch in groupby(item, key=lambda leaf: leaf.branch))
+            for _, item in groupby(self.leaves, key=lambda leaf: leaf.top)
+        )
 
     @cached_property
     def conditions(self) -> dict[str, cel.Program]:

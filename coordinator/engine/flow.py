@@ -61,9 +61,9 @@ def start_item(run: Run, top: int) -> None:
         run.record("saga.completed")
         return
     item = run.definition.steps[top]
-    first = [leaf for leaf in run.definition.leaves if leaf.top == top]
+    branches = run.definition.branches[top]
     if not isinstance(item, Group):
-        start_leaf(run, first[0].index)
+        start_leaf(run, branches[0][0].index)
         return
     outcome = _condition(run, item.name, item.when)
     if isinstance(outcome, ErrorInfo):
@@ -71,17 +71,16 @@ def start_item(run: Run, top: int) -> None:
         compensate(run, outcome)
         return
     if not outcome:
-        for leaf in first:
-            run.step(leaf.index).status = "skipped"
+        for index in run.item_indexes(top):
+            run.step(index).status = "skipped"
         run.record("group.skipped", step=item.name)
         start_item(run, top + 1)
         return
     run.record("group.started", step=item.name, branches=list(item.parallel))
-    heads = {leaf.branch: leaf.index for leaf in reversed(first)}
-    for index in sorted(heads.values()):
+    for branch in branches:
         if run.state.status != "running":
             return
-        start_leaf(run, index)
+        start_leaf(run, branch[0].index)
 
 
 def start_leaf(run: Run, index: int) -> None:
@@ -118,8 +117,7 @@ def after_leaf(run: Run, index: int) -> None:
     ):
         start_leaf(run, index + 1)
         return
-    group = [other.index for other in leaves if other.group == leaf.group]
-    if all(run.step(i).status in ("succeeded", "skipped") for i in group):
+    if all(run.step(i).status in ("succeeded", "skipped") for i in run.item_indexes(leaf.top)):
         run.record("group.succeeded", step=leaf.group)
         start_item(run, leaf.top + 1)
 

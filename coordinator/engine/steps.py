@@ -128,10 +128,10 @@ def give_up(run: Run, index: int, kind: Kind, error: ErrorInfo, *, timed_out: bo
     step.status = "timed_out" if timed_out else "failed"
     step.unknown = timed_out
     run.record(f"step.{step.status}", step=step.name, kind=kind, attempt=phase.attempt)
-    group = run.leaf(index).group
-    if group is not None:
-        run.record("group.failed", step=group, branch=run.leaf(index).branch)
-        for other in _group_leaves(run, group):
+    leaf = run.leaf(index)
+    if leaf.group is not None:
+        run.record("group.failed", step=leaf.group, branch=leaf.branch)
+        for other in run.item_indexes(leaf.top):
             abort_leaf(run, other, error)
     if run.passed_pivot() is not None:
         fail(run, error, step.name)
@@ -176,10 +176,6 @@ def abort_leaf(run: Run, index: int, reason: ErrorInfo) -> None:
         attempt=phase.attempt,
         outcome="unknown" if unknown else "not performed",
     )
-
-
-def _group_leaves(run: Run, group: str) -> list[int]:
-    return [leaf.index for leaf in run.definition.leaves if leaf.group == group]
 
 
 def _may_have_acted(step: StepState) -> bool:
@@ -231,12 +227,10 @@ def next_compensations(run: Run) -> None:
 
 def _send_due(run: Run) -> bool:
     """Send the compensations due now; True if one was sent (the picture changed)."""
-    by_top: dict[int, dict[str | None, list[int]]] = {}
-    for leaf in run.definition.leaves:
-        by_top.setdefault(leaf.top, {}).setdefault(leaf.branch, []).append(leaf.index)
-    for top in sorted(by_top, reverse=True):
+    for item in reversed(run.definition.branches):
         busy = False
-        for indexes in by_top[top].values():
+        for branch in item:
+            indexes = [leaf.index for leaf in branch]
             statuses = [run.step(i).status for i in indexes]
             if "compensating" in statuses or "compensation_failed" in statuses:
                 busy = True
