@@ -25,7 +25,6 @@ __all__ = [
     "after_leaf",
     "await_timed_out",
     "begin_wait",
-    "event_value",
     "match_value",
     "same_value",
     "start_item",
@@ -136,7 +135,7 @@ def begin_wait(run: Run, index: int) -> None:
         phase.error = error
         give_up(run, index, "action", error, timed_out=False)
         return
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if not _correlates(value):
         error = ErrorInfo(
             code="invalid_input",
             message=(
@@ -177,12 +176,9 @@ def await_timed_out(run: Run, index: int) -> None:
     give_up(run, index, "action", error, timed_out=False)
 
 
-def event_value(match: str, body: dict[str, Any]) -> Any:
-    """An event's correlation value (``match`` resolved against it), or None."""
-    try:
-        return resolve(match, {"event": body})
-    except (ReferenceMissing, ReferenceSyntaxError):
-        return None
+def _correlates(value: Any) -> bool:
+    """Whether ``value`` can correlate an event to a saga: a string or a number."""
+    return not isinstance(value, bool) and isinstance(value, str | int | float)
 
 
 def match_value(step: AwaitStep, body: dict[str, Any]) -> str | int | float | None:
@@ -192,10 +188,11 @@ def match_value(step: AwaitStep, body: dict[str, Any]) -> str | int | float | No
     The runtime finds the sagas an event may complete with it:
     ``awaiting: {$elemMatch: {event: <event type>, value: <this value>}}``.
     """
-    value = event_value(step.awaits.match, body)
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    try:
+        value = resolve(step.awaits.match, {"event": body})
+    except (ReferenceMissing, ReferenceSyntaxError):
         return None
-    return value
+    return value if _correlates(value) else None
 
 
 def same_value(left: Any, right: Any) -> bool:
