@@ -346,8 +346,6 @@ class RabbitBroker:
             if stale:
                 log.info("events queue unbound from %s", ", ".join(stale))
 
-    sync_event_bindings = bind_events
-
     async def close(self) -> None:
         if self._connection is not None:
             try:

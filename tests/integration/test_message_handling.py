@@ -142,7 +142,7 @@ async def test_binding_sync_unbinds_what_an_earlier_run_bound(
     second = RabbitBroker(amqp_url, prefix=prefix)  # a restart: it knows of no binding
     await second.connect()
     try:
-        await second.sync_event_bindings({"b.go"}, known={"a.go", "b.go"})
+        await second.bind_events({"b.go"}, known={"a.go", "b.go"})
         for event_type in ("a.go", "b.go"):
             await broker.event(event_type, {"id": event_type}, message_id=event_type)
         unrouted = await broker.channel.get_queue(f"{prefix}.unrouted")
