@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
+from itertools import groupby
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
@@ -343,6 +344,15 @@ class SagaDefinition(_Model):
         return tuple(found)
 
     @cached_property
+    def branches(self) -> tuple[tuple[tuple[Leaf, ...], ...], ...]:
+        """The leaves of each entry of ``steps``, by branch: a step is one branch of one
+        leaf, a group has one branch per entry of its ``parallel``."""
+        return tuple(
+            tuple(tuple(branch) for _, branch in groupby(item, key=lambda leaf: leaf.branch))
+            for _, item in groupby(self.leaves, key=lambda leaf: leaf.top)
+        )
+
+    @cached_property
     def conditions(self) -> dict[str, cel.Program]:
         """Each ``when``, compiled once, by the name of its step or group."""
         items: list[Step | AwaitStep | Group] = [*self.steps, *(leaf.step for leaf in self.leaves)]
@@ -369,10 +379,8 @@ class SagaDefinition(_Model):
             if isinstance(leaf.step, AwaitStep) and leaf.step.awaits.event == event_type
         ]
 
-    def step_timeout(self, step: AnyStep) -> timedelta | None:
-        """An attempt's timeout; an await step has only its own (none: no timeout)."""
-        if isinstance(step, AwaitStep):
-            return step.timeout
+    def step_timeout(self, step: Step) -> timedelta:
+        """How long one attempt of a command step's action may take."""
         return step.timeout or self.defaults.timeout
 
     def step_retry(self, step: AnyStep) -> RetryPolicy:

@@ -60,34 +60,22 @@ class _Drawing:
         self.lines: list[str] = []
         self.edges: list[str] = []
 
-    def tops(self) -> list[list[Leaf]]:
-        found: list[list[Leaf]] = [[] for _ in self.definition.steps]
-        for leaf in self.leaves:
-            found[leaf.top].append(leaf)
-        return found
-
-    def branches(self, leaves: list[Leaf]) -> list[list[Leaf]]:
-        grouped: dict[str | None, list[Leaf]] = {}
-        for leaf in leaves:
-            grouped.setdefault(leaf.branch, []).append(leaf)
-        return list(grouped.values())
-
     def happy_path(self) -> None:
         previous = ["start"]
-        tops = self.tops()
+        branches = self.definition.branches
         for top, item in enumerate(self.definition.steps):
             if isinstance(item, Group):
                 self.lines.append(f'    subgraph g{top}["{item.name} (parallel)"]')
                 self.lines.append(f"    f{top}(( ))")
-                for branch in self.branches(tops[top]):
+                for branch in branches[top]:
                     self.lines += [_step_node(leaf) for leaf in branch]
                 self.lines.append(f"    j{top}(( ))")
                 self.lines.append("    end")
                 entry, exits = f"f{top}", [f"j{top}"]
-                for branch in self.branches(tops[top]):
+                for branch in branches[top]:
                     self._chain(f"f{top}", branch, f"j{top}")
             else:
-                leaf = tops[top][0]
+                leaf = branches[top][0][0]
                 self.lines.append(_step_node(leaf))
                 entry, exits = f"s{leaf.index}", [f"s{leaf.index}"]
             self._enter(previous, entry, item.when)
@@ -102,13 +90,13 @@ class _Drawing:
             return "done"
         if isinstance(self.definition.steps[top], Group):
             return f"f{top}"
-        return f"s{next(leaf.index for leaf in self.leaves if leaf.top == top)}"
+        return f"s{self.definition.branches[top][0][0].index}"
 
     def _enter(self, previous: list[str], entry: str, when: str | None) -> None:
         arrow = f'-->|"if: {_text(when)}"|' if when else "-->"
         self.edges += [f"{p} {arrow} {entry}" for p in previous]
 
-    def _chain(self, fork: str, branch: list[Leaf], join: str) -> None:
+    def _chain(self, fork: str, branch: tuple[Leaf, ...], join: str) -> None:
         previous = [fork]
         for position, leaf in enumerate(branch):
             self._enter(previous, f"s{leaf.index}", leaf.step.when)
@@ -120,13 +108,13 @@ class _Drawing:
 
     def compensations(self) -> set[str]:
         """The undo chains and the failure edges; returns the end nodes used."""
-        tops = self.tops()
+        branches = self.definition.branches
         entries: dict[int, list[str]] = {}
         exits: list[str] = []
-        for top in reversed(range(len(tops))):
+        for top in reversed(range(len(branches))):
             chains = [
                 [f"c{leaf.index}" for leaf in reversed(branch) if leaf.index in self.undoable]
-                for branch in self.branches(tops[top])
+                for branch in branches[top]
             ]
             chains = [chain for chain in chains if chain]
             if not chains:

@@ -138,7 +138,7 @@ def attempt_timeout(definition: SagaDefinition, index: int, kind: Kind) -> timed
     step: AnyStep = definition.leaves[index].step
     if kind == "action":
         assert isinstance(step, Step), "an await step has no attempts"
-        return definition.defaults.timeout if step.timeout is None else step.timeout
+        return definition.step_timeout(step)
     return definition.compensation_timeout(step)
 
 

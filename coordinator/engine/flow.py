@@ -25,7 +25,6 @@ __all__ = [
     "after_leaf",
     "await_timed_out",
     "begin_wait",
-    "event_value",
     "match_value",
     "same_value",
     "start_item",
@@ -61,9 +60,9 @@ def start_item(run: Run, top: int) -> None:
         run.record("saga.completed")
         return
     item = run.definition.steps[top]
-    first = [leaf for leaf in run.definition.leaves if leaf.top == top]
+    branches = run.definition.branches[top]
     if not isinstance(item, Group):
-        start_leaf(run, first[0].index)
+        start_leaf(run, branches[0][0].index)
         return
     outcome = _condition(run, item.name, item.when)
     if isinstance(outcome, ErrorInfo):
@@ -71,17 +70,16 @@ def start_item(run: Run, top: int) -> None:
         compensate(run, outcome)
         return
     if not outcome:
-        for leaf in first:
-            run.step(leaf.index).status = "skipped"
+        for index in run.item_indexes(top):
+            run.step(index).status = "skipped"
         run.record("group.skipped", step=item.name)
         start_item(run, top + 1)
         return
     run.record("group.started", step=item.name, branches=list(item.parallel))
-    heads = {leaf.branch: leaf.index for leaf in reversed(first)}
-    for index in sorted(heads.values()):
+    for branch in branches:
         if run.state.status != "running":
             return
-        start_leaf(run, index)
+        start_leaf(run, branch[0].index)
 
 
 def start_leaf(run: Run, index: int) -> None:
@@ -118,8 +116,7 @@ def after_leaf(run: Run, index: int) -> None:
     ):
         start_leaf(run, index + 1)
         return
-    group = [other.index for other in leaves if other.group == leaf.group]
-    if all(run.step(i).status in ("succeeded", "skipped") for i in group):
+    if all(run.step(i).status in ("succeeded", "skipped") for i in run.item_indexes(leaf.top)):
         run.record("group.succeeded", step=leaf.group)
         start_item(run, leaf.top + 1)
 
@@ -138,7 +135,7 @@ def begin_wait(run: Run, index: int) -> None:
         phase.error = error
         give_up(run, index, "action", error, timed_out=False)
         return
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if not _correlates(value):
         error = ErrorInfo(
             code="invalid_input",
             message=(
@@ -179,12 +176,9 @@ def await_timed_out(run: Run, index: int) -> None:
     give_up(run, index, "action", error, timed_out=False)
 
 
-def event_value(match: str, body: dict[str, Any]) -> Any:
-    """An event's correlation value (``match`` resolved against it), or None."""
-    try:
-        return resolve(match, {"event": body})
-    except (ReferenceMissing, ReferenceSyntaxError):
-        return None
+def _correlates(value: Any) -> bool:
+    """Whether ``value`` can correlate an event to a saga: a string or a number."""
+    return not isinstance(value, bool) and isinstance(value, str | int | float)
 
 
 def match_value(step: AwaitStep, body: dict[str, Any]) -> str | int | float | None:
@@ -194,10 +188,11 @@ def match_value(step: AwaitStep, body: dict[str, Any]) -> str | int | float | No
     The runtime finds the sagas an event may complete with it:
     ``awaiting: {$elemMatch: {event: <event type>, value: <this value>}}``.
     """
-    value = event_value(step.awaits.match, body)
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    try:
+        value = resolve(step.awaits.match, {"event": body})
+    except (ReferenceMissing, ReferenceSyntaxError):
         return None
-    return value
+    return value if _correlates(value) else None
 
 
 def same_value(left: Any, right: Any) -> bool:

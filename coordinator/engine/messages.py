@@ -86,7 +86,7 @@ class TriggerRepeated:
 class EventReceived:
     """An event of type ``event_type`` for this saga: it may complete a waiting step.
 
-    The runtime finds the sagas through ``SagaState.awaiting`` (see ``engine.match_values``);
+    The runtime finds the sagas through ``SagaState.awaiting`` (see ``engine.match_value``);
     the engine checks the match itself, so an event that matches nothing is only recorded.
     """
 

@@ -57,6 +57,10 @@ class Run:
     def step_def(self, index: int) -> AnyStep:
         return self.definition.leaves[index].step
 
+    def item_indexes(self, top: int) -> list[int]:
+        """The indexes of every step of the top-level item ``top`` (a step or a group)."""
+        return [leaf.index for branch in self.definition.branches[top] for leaf in branch]
+
     def step(self, index: int) -> StepState:
         return self.state.steps[index]
 

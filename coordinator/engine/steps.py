@@ -23,7 +23,7 @@ from schemas.envelope import Kind
 from .backoff import backoff_delay
 from .commands import attempt_timeout, build_command
 from .run import Run, error_detail, utc
-from .state import ErrorInfo
+from .state import ErrorInfo, StepState
 
 __all__ = [
     "ATTEMPT_TIMEOUT",
@@ -128,10 +128,10 @@ def give_up(run: Run, index: int, kind: Kind, error: ErrorInfo, *, timed_out: bo
     step.status = "timed_out" if timed_out else "failed"
     step.unknown = timed_out
     run.record(f"step.{step.status}", step=step.name, kind=kind, attempt=phase.attempt)
-    group = run.leaf(index).group
-    if group is not None:
-        run.record("group.failed", step=group, branch=run.leaf(index).branch)
-        for other in _group_leaves(run, group):
+    leaf = run.leaf(index)
+    if leaf.group is not None:
+        run.record("group.failed", step=leaf.group, branch=leaf.branch)
+        for other in run.item_indexes(leaf.top):
             abort_leaf(run, other, error)
     if run.passed_pivot() is not None:
         fail(run, error, step.name)
@@ -178,15 +178,14 @@ def abort_leaf(run: Run, index: int, reason: ErrorInfo) -> None:
     )
 
 
-def _group_leaves(run: Run, group: str) -> list[int]:
-    return [leaf.index for leaf in run.definition.leaves if leaf.group == group]
+def _may_have_acted(step: StepState) -> bool:
+    """Whether the step's action may have done something: succeeded, or outcome unknown."""
+    return step.status in ("succeeded", "timed_out") or (step.status == "aborted" and step.unknown)
 
 
 def compensable(run: Run, index: int) -> bool:
     """Whether the step's action may have done something to undo, and it has an undo."""
-    step = run.step(index)
-    done = step.status in ("succeeded", "timed_out") or (step.status == "aborted" and step.unknown)
-    return done and run.step_def(index).compensation is not None
+    return _may_have_acted(run.step(index)) and run.step_def(index).compensation is not None
 
 
 def compensate(run: Run, reason: ErrorInfo) -> None:
@@ -196,10 +195,7 @@ def compensate(run: Run, reason: ErrorInfo) -> None:
     run.record("saga.compensating", **error_detail(reason))
     for index in reversed(range(len(run.state.steps))):
         step = run.step(index)
-        done = step.status in ("succeeded", "timed_out") or (
-            step.status == "aborted" and step.unknown
-        )
-        if done and run.step_def(index).compensation is None:
+        if _may_have_acted(step) and run.step_def(index).compensation is None:
             run.record("compensation.skipped", step=step.name, why="the step has no compensation")
     next_compensations(run)
 
@@ -231,12 +227,10 @@ def next_compensations(run: Run) -> None:
 
 def _send_due(run: Run) -> bool:
     """Send the compensations due now; True if one was sent (the picture changed)."""
-    by_top: dict[int, dict[str | None, list[int]]] = {}
-    for leaf in run.definition.leaves:
-        by_top.setdefault(leaf.top, {}).setdefault(leaf.branch, []).append(leaf.index)
-    for top in sorted(by_top, reverse=True):
+    for item in reversed(run.definition.branches):
         busy = False
-        for indexes in by_top[top].values():
+        for branch in item:
+            indexes = [leaf.index for leaf in branch]
             statuses = [run.step(i).status for i in indexes]
             if "compensating" in statuses or "compensation_failed" in statuses:
                 busy = True

@@ -75,7 +75,7 @@ from schemas.definition import AwaitStep
 from schemas.envelope import FailedReply, Kind, SucceededReply
 
 from .commands import attempt_timeout, iso_utc
-from .flow import after_leaf, await_timed_out, begin_wait, event_value, same_value, start_item
+from .flow import after_leaf, await_timed_out, begin_wait, match_value, same_value, start_item
 from .messages import (
     CancelRequested,
     EventReceived,
@@ -232,7 +232,7 @@ def _event(run: Run, message: EventReceived) -> None:
                 continue
             if entry.event != message.event_type:
                 continue
-            if same_value(event_value(step_def.awaits.match, message.body), entry.value):
+            if same_value(match_value(step_def, message.body), entry.value):
                 _event_matched(run, index, message)
                 return
     _event_ignored(run, message, f"no step of this saga waits for it (saga {state.status})")
