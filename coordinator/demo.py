@@ -42,6 +42,7 @@ from coordinator.local import (
     example_participants,
     free_port,
     service_urls,
+    until_ready,
 )
 from coordinator.settings import CoordinatorSettings
 from coordinator.timeline import timeline
@@ -205,11 +206,7 @@ async def _run(settings: CoordinatorSettings, run: str, *, keep: bool) -> int:
     coordinator = asyncio.create_task(serve(settings, stop, ready=ready), name="coordinator")
     store = MongoSagaStore.connect(settings.mongodb_url, settings.mongodb_database)
     try:
-        await asyncio.wait(
-            [coordinator, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        if coordinator.done():
-            coordinator.result()
+        if not await until_ready(coordinator, ready):
             return 1
         print(
             f"coordinator ready; publishing {len(samples)} trigger events on "

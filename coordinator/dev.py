@@ -33,6 +33,7 @@ from coordinator.local import (
     port_in_use,
     redact,
     service_urls,
+    until_ready,
 )
 from coordinator.logging import configure_logging
 from coordinator.settings import CoordinatorSettings
@@ -107,11 +108,7 @@ async def _run(settings: CoordinatorSettings, *, examples: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     coordinator = asyncio.create_task(serve(settings, stop, ready=ready), name="coordinator")
-    waiting = asyncio.create_task(ready.wait())
-    await asyncio.wait([coordinator, waiting], return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
-    if coordinator.done():
-        coordinator.result()  # raises what stopped it
+    if not await until_ready(coordinator, ready):
         return 1
     try:
         async with contextlib.AsyncExitStack() as stack:

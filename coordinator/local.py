@@ -1,8 +1,10 @@
 """What ``dev`` and ``demo`` share: reachability checks with one-line hints, the embedded
-MongoDB-compatible server, the example participants, and the service's URLs."""
+MongoDB-compatible server, the wait for the coordinator to be ready, the example
+participants, and the service's URLs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -29,6 +31,7 @@ __all__ = [
     "mongodb_problem",
     "redact",
     "service_urls",
+    "until_ready",
 ]
 
 #: The example participants' modules (``participants/examples``).
@@ -138,6 +141,18 @@ async def example_participants(settings: CoordinatorSettings) -> AsyncIterator[l
         for participant in built:
             await stack.enter_async_context(participant)
         yield built
+
+
+async def until_ready(coordinator: asyncio.Task[None], ready: asyncio.Event) -> bool:
+    """Wait until the coordinator (``serve`` in a task) is ready, or stopped: ``False``
+    when it stopped first (it raises what stopped it, if anything did)."""
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait([coordinator, waiting], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if coordinator.done():
+        coordinator.result()
+        return False
+    return True
 
 
 def service_urls(settings: CoordinatorSettings) -> list[tuple[str, str]]:
