@@ -38,6 +38,7 @@ from coordinator.errors import AdapterError
 from coordinator.local import (
     EXAMPLES,
     amqp_problem,
+    base_url,
     embedded_mongodb,
     example_participants,
     free_port,
@@ -253,7 +254,7 @@ async def _keep_running(settings: CoordinatorSettings) -> None:
     for what, url in service_urls(settings):
         print(f"  {what:<12} {url}")
     print(
-        f"  saga-coordinator sagas list --url http://127.0.0.1:{settings.http_port}\n"
+        f"  saga-coordinator sagas list --url {base_url(settings)}\n"
         "Ctrl-C stops it and removes the demo's data.",
         flush=True,
     )

@@ -27,6 +27,7 @@ from coordinator.errors import AdapterError
 from coordinator.local import (
     EXAMPLES,
     amqp_problem,
+    base_url,
     embedded_mongodb,
     example_participants,
     mongodb_problem,
@@ -127,9 +128,8 @@ async def _run(settings: CoordinatorSettings, *, examples: bool) -> int:
 
 def banner(settings: CoordinatorSettings, *, examples: bool) -> str:
     """The URLs, what runs, and the variables that point other commands at this service."""
-    urls = service_urls(settings)
     lines = ["", "saga-coordinator dev is running:"]
-    lines += [f"  {what:<12} {url}" for what, url in urls]
+    lines += [f"  {what:<12} {url}" for what, url in service_urls(settings)]
     lines += [
         f"  {'MongoDB':<12} {redact(settings.mongodb_url)}  (database {settings.mongodb_database})",
         f"  {'RabbitMQ':<12} {redact(settings.amqp_url)}  (exchanges {settings.exchange_prefix}.*)",
@@ -137,12 +137,11 @@ def banner(settings: CoordinatorSettings, *, examples: bool) -> str:
     if examples:
         names = ", ".join(module.NAME for module in EXAMPLES)
         lines.append(f"  {'examples':<12} {names}; definitions from schemas/")
-    base = urls[0][1].removesuffix("/v1/sagas")
     lines += [
         "",
         "Point other commands at it (in another terminal):",
         f"  export SAGA_MONGODB_URL={shlex.quote(settings.mongodb_url)}",
-        f"  export SAGA_API_URL={base}",
+        f"  export SAGA_API_URL={base_url(settings)}",
     ]
     if settings.exchange_prefix != "saga":
         lines.append(f"  export SAGA_EXCHANGE_PREFIX={shlex.quote(settings.exchange_prefix)}")

@@ -25,6 +25,7 @@ from participants.examples import flights, hotels, inventory, payments, risk, sh
 __all__ = [
     "EXAMPLES",
     "amqp_problem",
+    "base_url",
     "embedded_mongodb",
     "example_participants",
     "free_port",
@@ -155,10 +156,15 @@ async def until_ready(coordinator: asyncio.Task[None], ready: asyncio.Event) -> 
     return True
 
 
+def base_url(settings: CoordinatorSettings) -> str:
+    """Where the service answers, as other commands on this machine reach it."""
+    host = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{settings.http_port}"
+
+
 def service_urls(settings: CoordinatorSettings) -> list[tuple[str, str]]:
     """(what, URL) of each page the service serves."""
-    host = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
-    base = f"http://{host}:{settings.http_port}"
+    base = base_url(settings)
     return [
         ("REST API", f"{base}/v1/sagas"),
         ("Swagger UI", f"{base}/docs"),
