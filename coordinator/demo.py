@@ -38,10 +38,12 @@ from coordinator.errors import AdapterError
 from coordinator.local import (
     EXAMPLES,
     amqp_problem,
+    base_url,
     embedded_mongodb,
     example_participants,
     free_port,
     service_urls,
+    until_ready,
 )
 from coordinator.settings import CoordinatorSettings
 from coordinator.timeline import timeline
@@ -205,11 +207,7 @@ async def _run(settings: CoordinatorSettings, run: str, *, keep: bool) -> int:
     coordinator = asyncio.create_task(serve(settings, stop, ready=ready), name="coordinator")
     store = MongoSagaStore.connect(settings.mongodb_url, settings.mongodb_database)
     try:
-        await asyncio.wait(
-            [coordinator, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        if coordinator.done():
-            coordinator.result()
+        if not await until_ready(coordinator, ready):
             return 1
         print(
             f"coordinator ready; publishing {len(samples)} trigger events on "
@@ -256,7 +254,7 @@ async def _keep_running(settings: CoordinatorSettings) -> None:
     for what, url in service_urls(settings):
         print(f"  {what:<12} {url}")
     print(
-        f"  saga-coordinator sagas list --url http://127.0.0.1:{settings.http_port}\n"
+        f"  saga-coordinator sagas list --url {base_url(settings)}\n"
         "Ctrl-C stops it and removes the demo's data.",
         flush=True,
     )

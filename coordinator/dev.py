@@ -27,12 +27,14 @@ from coordinator.errors import AdapterError
 from coordinator.local import (
     EXAMPLES,
     amqp_problem,
+    base_url,
     embedded_mongodb,
     example_participants,
     mongodb_problem,
     port_in_use,
     redact,
     service_urls,
+    until_ready,
 )
 from coordinator.logging import configure_logging
 from coordinator.settings import CoordinatorSettings
@@ -107,11 +109,7 @@ async def _run(settings: CoordinatorSettings, *, examples: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     coordinator = asyncio.create_task(serve(settings, stop, ready=ready), name="coordinator")
-    waiting = asyncio.create_task(ready.wait())
-    await asyncio.wait([coordinator, waiting], return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
-    if coordinator.done():
-        coordinator.result()  # raises what stopped it
+    if not await until_ready(coordinator, ready):
         return 1
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -130,9 +128,8 @@ async def _run(settings: CoordinatorSettings, *, examples: bool) -> int:
 
 def banner(settings: CoordinatorSettings, *, examples: bool) -> str:
     """The URLs, what runs, and the variables that point other commands at this service."""
-    urls = service_urls(settings)
     lines = ["", "saga-coordinator dev is running:"]
-    lines += [f"  {what:<12} {url}" for what, url in urls]
+    lines += [f"  {what:<12} {url}" for what, url in service_urls(settings)]
     lines += [
         f"  {'MongoDB':<12} {redact(settings.mongodb_url)}  (database {settings.mongodb_database})",
         f"  {'RabbitMQ':<12} {redact(settings.amqp_url)}  (exchanges {settings.exchange_prefix}.*)",
@@ -140,12 +137,11 @@ def banner(settings: CoordinatorSettings, *, examples: bool) -> str:
     if examples:
         names = ", ".join(module.NAME for module in EXAMPLES)
         lines.append(f"  {'examples':<12} {names}; definitions from schemas/")
-    base = urls[0][1].removesuffix("/v1/sagas")
     lines += [
         "",
         "Point other commands at it (in another terminal):",
         f"  export SAGA_MONGODB_URL={shlex.quote(settings.mongodb_url)}",
-        f"  export SAGA_API_URL={base}",
+        f"  export SAGA_API_URL={base_url(settings)}",
     ]
     if settings.exchange_prefix != "saga":
         lines.append(f"  export SAGA_EXCHANGE_PREFIX={shlex.quote(settings.exchange_prefix)}")

@@ -1,8 +1,10 @@
 """What ``dev`` and ``demo`` share: reachability checks with one-line hints, the embedded
-MongoDB-compatible server, the example participants, and the service's URLs."""
+MongoDB-compatible server, the wait for the coordinator to be ready, the example
+participants, and the service's URLs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import subprocess
@@ -23,12 +25,14 @@ from participants.examples import flights, hotels, inventory, payments, risk, sh
 __all__ = [
     "EXAMPLES",
     "amqp_problem",
+    "base_url",
     "embedded_mongodb",
     "example_participants",
     "free_port",
     "mongodb_problem",
     "redact",
     "service_urls",
+    "until_ready",
 ]
 
 #: The example participants' modules (``participants/examples``).
@@ -140,10 +144,27 @@ async def example_participants(settings: CoordinatorSettings) -> AsyncIterator[l
         yield built
 
 
+async def until_ready(coordinator: asyncio.Task[None], ready: asyncio.Event) -> bool:
+    """Wait until the coordinator (``serve`` in a task) is ready, or stopped: ``False``
+    when it stopped first (it raises what stopped it, if anything did)."""
+    waiting = asyncio.create_task(ready.wait())
+    await asyncio.wait([coordinator, waiting], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if coordinator.done():
+        coordinator.result()
+        return False
+    return True
+
+
+def base_url(settings: CoordinatorSettings) -> str:
+    """Where the service answers, as other commands on this machine reach it."""
+    host = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{settings.http_port}"
+
+
 def service_urls(settings: CoordinatorSettings) -> list[tuple[str, str]]:
     """(what, URL) of each page the service serves."""
-    host = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
-    base = f"http://{host}:{settings.http_port}"
+    base = base_url(settings)
     return [
         ("REST API", f"{base}/v1/sagas"),
         ("Swagger UI", f"{base}/docs"),

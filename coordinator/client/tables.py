@@ -28,8 +28,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     ]
 
 
-def when(value: str | None) -> str:
-    """A JSON timestamp as ``YYYY-MM-DD HH:MM:SS`` UTC (``-`` when absent)."""
+def when(value: str | datetime | None) -> str:
+    """A timestamp (JSON or datetime) as ``YYYY-MM-DD HH:MM:SS`` UTC (``-`` when absent)."""
     if not value:
         return "-"
     return parse_time(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -39,5 +39,5 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        return when(value)
     return str(value)

@@ -10,24 +10,24 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
-from coordinator.adapters.queries import InvalidCursor
+from coordinator.adapters.queries import IN_FLIGHT_STATUSES, InvalidCursor
 from coordinator.console.access import COOKIE
 from coordinator.console.graph import build_graph
 from coordinator.console.timeline import branches_of, build_timeline
 from coordinator.console.views import console_context, render
 from coordinator.definitions.graph import mermaid
-from coordinator.engine.state import SagaState
+from coordinator.engine.state import SagaState, SagaStatus
 
 __all__ = ["STATUSES", "WINDOWS", "router", "saga_page"]
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
-STATUSES = ("running", "compensating", "completed", "compensated", "failed")
+STATUSES: tuple[str, ...] = get_args(SagaStatus)
 WINDOWS = {
     "15m": timedelta(minutes=15),
     "1h": timedelta(hours=1),
@@ -124,7 +124,7 @@ async def _counts(request: Request, definition: str) -> dict[str, int] | None:
     for (name, status), count in (await counts()).items():
         if not definition or name == definition:
             totals[status] += count
-    return {status: totals.get(status, 0) for status in ("running", "compensating", "failed")}
+    return {status: totals.get(status, 0) for status in IN_FLIGHT_STATUSES}
 
 
 @router.get("/sagas/{saga_id}", response_class=HTMLResponse)
