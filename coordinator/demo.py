@@ -33,7 +33,7 @@ from coordinator.api.sagas import saga_out
 from coordinator.app import serve
 from coordinator.demo_samples import PAYMENT_AUTHORIZED, Authorize, Sample
 from coordinator.demo_samples import samples as demo_samples
-from coordinator.engine.state import SagaState
+from coordinator.engine.state import ENDED_STATUSES, SagaState
 from coordinator.errors import AdapterError
 from coordinator.local import (
     EXAMPLES,
@@ -121,8 +121,6 @@ async def _until_kept(store: MongoSagaStore, key: str) -> bool:
     return False
 
 
-_ENDED = frozenset({"completed", "compensated", "failed"})
-
 #: Seconds without a saga ending after which the demo says what it is waiting for.
 _QUIET = 2.0
 
@@ -151,7 +149,7 @@ async def _stream(
                     flush=True,
                 )
                 await events.authorize(sample)
-            if state is not None and state.status in _ENDED:
+            if state is not None and state.status in ENDED_STATUSES:
                 print(_timeline(sample, state), flush=True)
                 printed.add(sample.key)
                 said = time.monotonic()

@@ -48,7 +48,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from coordinator.engine.state import HistoryEntry, Phase, SagaState
+from coordinator.engine.state import ENDED_STATUSES, HistoryEntry, Phase, SagaState
 
 __all__ = [
     "CONTENT_TYPE",
@@ -87,8 +87,6 @@ DEAD_LETTER_CATEGORIES = (
 
 DEAD_LETTER_QUEUES = ("events", "replies")
 
-ENDED_STATUSES = ("completed", "compensated", "failed")
-"""Statuses whose reaching ends a saga's run (``failed`` until an operator retries it)."""
 
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from coordinator.engine.state import HistoryEntry, SagaState, StepState
+from coordinator.engine.state import ENDED_STATUSES, HistoryEntry, SagaState, StepState
 
 __all__ = [
     "Bar",
@@ -55,7 +55,6 @@ _MARKERS = {
     "saga.failed": "failed",
     "saga.retried": "retried",
 }
-_TERMINAL = frozenset({"completed", "compensated", "failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +173,7 @@ class _Layout:
         end = state.updated_at
         if state.history:
             end = max(end, state.history[-1].at)
-        if state.status not in _TERMINAL:
+        if state.status not in ENDED_STATUSES:
             end = max(end, now)
         self.end = end
         self.span = max((end - self.start).total_seconds(), 0.5) * END_PAD

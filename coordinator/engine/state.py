@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.envelope import Kind
 
 __all__ = [
+    "ENDED_STATUSES",
     "SCHEMA_VERSION",
     "Awaiting",
     "Command",
@@ -47,6 +48,9 @@ StepStatus = Literal[
     "compensation_failed",
 ]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "compensated"})
+ENDED_STATUSES: frozenset[str] = TERMINAL_STATUSES | {"failed"}
+"""Statuses that end a saga's run: the terminal ones, and ``failed`` until an operator
+retries it."""
 
 
 class _Doc(BaseModel):
